@@ -1,0 +1,90 @@
+"""Safe Jittor defaults, applied before Jittor is first imported.
+
+Plain ``import jittor`` fails on two kinds of machines that jclip users have:
+one with ``nvcc`` on PATH but no GPU or CUDA runtime (Jittor tries to build
+CUDA kernels), and one without internet (Jittor downloads oneDNN 2.2 on first
+import).  We only set an option when the user has not set it themselves, so an
+explicit ``nvcc_path=...`` or ``use_mkl=...`` in the environment always wins.
+"""
+import glob
+import os
+import platform
+import warnings
+
+# Where Jittor looks for its own oneDNN; a folder with lib/libmkldnn.so there
+# stops it from downloading one.
+_JT_MKL_DIR = os.path.join(os.path.expanduser("~"), ".cache", "jittor", "mkl")
+_JT_MKL_HOME = os.path.join(_JT_MKL_DIR, "dnnl_lnx_2.2.0_cpu_gomp")
+_SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+                    "/usr/lib64", "/usr/lib", "/usr/local/lib")
+_SYSTEM_INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
+
+ONEDNN_HINT = ("install oneDNN (Debian/Ubuntu: `apt-get install libdnnl-dev`) "
+               "and jclip will find it; without it Jittor's CPU kernels are "
+               "about 50x slower")
+
+
+def has_gpu():
+    """True when an NVIDIA driver is loaded (a GPU is usable, not just nvcc)."""
+    return os.path.exists("/proc/driver/nvidia/version") or \
+        os.path.exists("/dev/nvidiactl")
+
+
+def _jittor_onednn_ready():
+    return any(os.path.isfile(os.path.join(d, "lib", "libmkldnn.so"))
+               for d in glob.glob(os.path.join(_JT_MKL_DIR, "dnnl*")))
+
+
+def find_system_onednn():
+    """(include_dir, libdnnl.so) of an installed oneDNN, or None."""
+    lib = next((p for d in _SYSTEM_LIB_DIRS
+                for p in [os.path.join(d, "libdnnl.so")] if os.path.isfile(p)),
+               None)
+    inc = next((d for d in _SYSTEM_INCLUDE_DIRS
+                if os.path.isfile(os.path.join(d, "dnnl.hpp"))), None)
+    return (inc, lib) if lib and inc else None
+
+
+def _link_system_onednn(inc, lib):
+    """Lay a system oneDNN out the way Jittor 1.3 expects its own download.
+
+    Jittor's ``mkl_include_path``/``mkl_lib_path`` variables are broken in
+    1.3.11, so we build ``~/.cache/jittor/mkl/dnnl_lnx_2.2.0_cpu_gomp`` from
+    symlinks instead: include/ holds the dnnl headers, lib/libmkldnn.so points
+    at libdnnl.so (the API Jittor's ops use is unchanged since oneDNN 2.0).
+    """
+    tmp = _JT_MKL_HOME + f".tmp{os.getpid()}"
+    os.makedirs(os.path.join(tmp, "include"), exist_ok=True)
+    os.makedirs(os.path.join(tmp, "lib"), exist_ok=True)
+    for h in glob.glob(os.path.join(inc, "dnnl*")) + \
+            glob.glob(os.path.join(inc, "oneapi")):
+        os.symlink(h, os.path.join(tmp, "include", os.path.basename(h)))
+    os.symlink(lib, os.path.join(tmp, "lib", "libmkldnn.so"))
+    try:
+        os.rename(tmp, _JT_MKL_HOME)
+    except OSError:  # another process won the race: theirs is identical
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def configure():
+    """Set nvcc_path / use_mkl in os.environ unless the user already did."""
+    if "nvcc_path" not in os.environ and not has_gpu():
+        # nvcc without a driver: Jittor would compile CUDA code that cannot run
+        os.environ["nvcc_path"] = ""
+    if "use_mkl" in os.environ or platform.system() != "Linux":
+        return
+    if _jittor_onednn_ready():
+        return
+    found = find_system_onednn()
+    if found:
+        try:
+            _link_system_onednn(*found)
+            return
+        except OSError as e:
+            reason = f"could not link it into {_JT_MKL_DIR}: {e}"
+    else:
+        reason = "no oneDNN found"
+    os.environ["use_mkl"] = "0"
+    warnings.warn(f"jclip: oneDNN disabled ({reason}); {ONEDNN_HINT}.",
+                  RuntimeWarning, stacklevel=3)

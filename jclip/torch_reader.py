@@ -1,0 +1,411 @@
+"""Read PyTorch checkpoints into numpy without importing torch.
+
+Three layouts exist in the wild:
+
+* torch.save since 1.6: a zip holding ``<root>/data.pkl`` (the pickled object)
+  and ``<root>/data/<key>`` (one raw little-endian file per storage);
+* TorchScript archives (``torch.jit.save``, OpenAI's CLIP ``.pt`` files): the
+  same zip layout, but ``data.pkl`` pickles the module itself as ``__torch__.*``
+  objects whose attributes are tensors and submodules; ``code/`` declares which
+  attributes are parameters and buffers;
+* the legacy format (torch < 1.6): consecutive pickles (magic number, protocol,
+  system info, the object, the storage keys) followed by each storage's raw
+  bytes, each prefixed by its element count.
+
+Every pickle goes through :class:`_RestrictedUnpickler`, which resolves only
+the handful of globals these layouts use, to inert local stand-ins; anything
+else (``os.system``, ``builtins.eval``...) raises, so a crafted file cannot
+run code.
+"""
+import io
+import pickle
+import re
+import struct
+import zipfile
+import zlib
+from collections import OrderedDict
+
+import numpy as np
+
+# Little-endian (byteorder "little" is what torch writes on every platform
+# jclip runs on; a "big" archive is byte-swapped below).
+_STORAGE_DTYPES = {
+    "HalfStorage": "<f2", "FloatStorage": "<f4", "DoubleStorage": "<f8",
+    "BFloat16Storage": "<u2",  # widened to float32 after slicing
+    "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2",
+    "CharStorage": "i1", "ByteStorage": "u1", "BoolStorage": "?",
+}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + _LEGACY_MAGIC.to_bytes(10, "little")
+
+
+class TorchFormatError(ValueError):
+    """The bytes are not a readable torch checkpoint (no file name: the
+    caller adds it)."""
+
+
+class ScriptObject:
+    """A TorchScript ``__torch__.*`` object reduced to its class name and its
+    attribute dict."""
+    qualname = ""
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"ScriptObject({self.qualname})"
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+
+class _Storage:
+    """A storage's dtype plus its flat data, filled in by the loader."""
+
+    def __init__(self, storage_type, key):
+        self.type = storage_type
+        self.key = key
+        self.data = None  # 1-D numpy array once read
+
+
+class _TensorRef:
+    """A view into a storage; turned into an ndarray once storages are read
+    (the legacy format stores the bytes after the pickle)."""
+
+    def __init__(self, storage, offset, shape, stride):
+        self.storage, self.offset = storage, int(offset)
+        self.shape, self.stride = tuple(shape), tuple(stride)
+
+
+def _rebuild_tensor(storage, offset, shape, stride, *_ignored):
+    if not isinstance(storage, _Storage):
+        raise TorchFormatError("tensor without a storage")
+    return _TensorRef(storage, offset, shape, stride)
+
+
+def _rebuild_parameter(data, *_ignored):
+    return data
+
+
+def _rebuild_from_type_v2(func, _new_type, args, _state):
+    # A Tensor subclass (e.g. nn.Parameter saved whole): keep the plain data.
+    if func not in (_rebuild_tensor, _rebuild_parameter):
+        raise TorchFormatError("unexpected tensor rebuild function")
+    return func(*args)
+
+
+class _Marker:
+    """Inert stand-in for a torch type that only ever appears as an argument."""
+
+    def __init__(self, name):
+        self.name = name
+
+
+def _identity_list(value):
+    return list(value)
+
+
+def _restore_type_tag(value, _type_str):
+    return value
+
+
+_SAFE_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch.nn.parameter", "Parameter"): _Marker("Parameter"),
+    ("torch", "Tensor"): _Marker("Tensor"),
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch.jit._pickle", "build_intlist"): _identity_list,
+    ("torch.jit._pickle", "build_floatlist"): _identity_list,
+    ("torch.jit._pickle", "build_doublelist"): _identity_list,
+    ("torch.jit._pickle", "build_boollist"): _identity_list,
+    ("torch.jit._pickle", "build_tensorlist"): _identity_list,
+    ("torch.jit._pickle", "restore_type_tag"): _restore_type_tag,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, persistent_load=None):
+        super().__init__(file)
+        self._pid = persistent_load
+        self._script_classes = {}
+
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        if module == "__torch__" or module.startswith("__torch__."):
+            qualname = f"{module}.{name}"
+            cls = self._script_classes.get(qualname)
+            if cls is None:
+                cls = type(name, (ScriptObject,), {"qualname": qualname})
+                self._script_classes[qualname] = cls
+            return cls
+        raise pickle.UnpicklingError(
+            f"refusing to load global '{module}.{name}' (only tensors, "
+            "plain containers and TorchScript modules are allowed)")
+
+    def persistent_load(self, pid):
+        if self._pid is None:
+            raise pickle.UnpicklingError("unexpected persistent id")
+        return self._pid(pid)
+
+
+def _unpickle(data_or_file, persistent_load=None):
+    f = io.BytesIO(data_or_file) if isinstance(data_or_file, bytes) \
+        else data_or_file
+    try:
+        return _RestrictedUnpickler(f, persistent_load).load()
+    except TorchFormatError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise TorchFormatError(str(e)) from None
+    except (EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, struct.error, UnicodeDecodeError) as e:
+        raise TorchFormatError(f"corrupt pickle ({type(e).__name__}: {e})") \
+            from None
+
+
+def _storage_pid(pid):
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)):
+        raise TorchFormatError(f"unexpected persistent id {pid!r:.80}")
+    return pid
+
+
+def _materialize(ref):
+    """ndarray for a _TensorRef: a view of the storage when it covers it all
+    contiguously (no copy), else a strided copy."""
+    st = ref.storage
+    data = st.data
+    if data is None:
+        raise TorchFormatError(f"storage {st.key} has no data")
+    n = int(np.prod(ref.shape, dtype=np.int64))
+    if n == 0:
+        arr = np.empty(ref.shape, data.dtype)
+    else:
+        last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride))
+        if ref.offset < 0 or min(ref.stride, default=0) < 0 or last >= data.size:
+            raise TorchFormatError(
+                f"tensor of shape {ref.shape} runs past its storage "
+                f"{st.key} ({data.size} elements)")
+        contiguous = tuple(int(np.prod(ref.shape[i + 1:], dtype=np.int64))
+                           for i in range(len(ref.shape)))
+        if ref.offset == 0 and n == data.size and \
+                all(d == 1 or s == c for d, s, c in
+                    zip(ref.shape, ref.stride, contiguous)):
+            arr = data.reshape(ref.shape)
+        else:
+            item = data.dtype.itemsize
+            arr = np.lib.stride_tricks.as_strided(
+                data[ref.offset:], ref.shape,
+                tuple(s * item for s in ref.stride)).copy()
+    if st.type.name == "BFloat16Storage":
+        wide = arr.astype(np.uint32).reshape(-1)
+        wide <<= 16  # in place: keeps uint32 (no promotion for 0-d arrays)
+        arr = wide.view(np.float32).reshape(arr.shape)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def _resolve(obj, memo=None):
+    """Replace every _TensorRef inside containers and ScriptObjects by its
+    ndarray (in place for ScriptObjects, so shared modules stay shared)."""
+    if memo is None:
+        memo = {}
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, _TensorRef):
+        out = _materialize(obj)
+    elif isinstance(obj, dict):
+        out = type(obj)((k, _resolve(v, memo)) for k, v in obj.items()) \
+            if isinstance(obj, OrderedDict) else \
+            {k: _resolve(v, memo) for k, v in obj.items()}
+    elif isinstance(obj, list):
+        out = [_resolve(v, memo) for v in obj]
+    elif isinstance(obj, tuple):
+        out = tuple(_resolve(v, memo) for v in obj)
+    elif isinstance(obj, ScriptObject):
+        memo[id(obj)] = obj
+        if isinstance(getattr(obj, "state", None), dict):
+            obj.state = {k: _resolve(v, memo) for k, v in obj.state.items()}
+        return obj
+    else:
+        out = obj
+    memo[id(obj)] = out
+    return out
+
+
+# ---------------------------------------------------------------- zip format
+
+def _zip_root(zf):
+    roots = [n[:-len("data.pkl")] for n in zf.namelist()
+             if n.endswith("data.pkl") and n.count("/") == 1]
+    if len(roots) != 1:
+        raise TorchFormatError(
+            "zip archive without a single '<root>/data.pkl': not a torch "
+            "checkpoint")
+    return roots[0]
+
+
+def _parse_declarations(zf, root):
+    """{qualname: (parameters, buffers)} from the ``code/`` of a TorchScript
+    archive; ``buffers`` is None when the file predates ``__buffers__``."""
+    decls = {}
+    head = re.compile(r"^class (\w+)\(Module\):\n((?:  .*\n|\n)*)", re.M)
+    names = re.compile(r'"([^"]*)"')
+    for name in zf.namelist():
+        if not (name.startswith(root + "code/") and name.endswith(".py")):
+            continue
+        module = name[len(root + "code/"):-3].replace("/", ".")
+        text = zf.read(name).decode("utf-8", "replace")
+        for m in head.finditer(text):
+            body = m.group(2)
+            p = re.search(r"^  __parameters__ = \[(.*)\]", body, re.M)
+            b = re.search(r"^  __buffers__ = \[(.*)\]", body, re.M)
+            decls[f"{module}.{m.group(1)}"] = (
+                names.findall(p.group(1)) if p else [],
+                names.findall(b.group(1)) if b else None)
+    return decls
+
+
+def _flatten_script(obj, decls, prefix="", out=None):
+    """The state dict ``torch.jit.load(...).state_dict()`` returns: own
+    parameters, then buffers, then submodules, recursively."""
+    if out is None:
+        out = OrderedDict()
+    state = getattr(obj, "state", None)
+    if not isinstance(state, dict):
+        return out
+    params, buffers = decls.get(obj.qualname, (None, None))
+    if params is None:      # no code for this class: keep every tensor
+        own = [k for k, v in state.items() if isinstance(v, np.ndarray)]
+    elif buffers is None:   # old archive without __buffers__: params + rest
+        own = params + [k for k, v in state.items()
+                        if isinstance(v, np.ndarray) and k not in params]
+    else:
+        own = params + buffers
+    for k in own:
+        if isinstance(state.get(k), np.ndarray):   # None: e.g. bias=False
+            out[prefix + k] = state[k]
+    for k, v in state.items():
+        if isinstance(v, ScriptObject):
+            _flatten_script(v, decls, f"{prefix}{k}.", out)
+    return out
+
+
+def read_zip(path):
+    """(object, kind) from a torch zip file; kind is "torchscript" (object is
+    then the flat state dict) or "torch-zip" (whatever torch.save pickled)."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise TorchFormatError(f"corrupt or truncated zip archive ({e})") \
+            from None
+    with zf:
+        root = _zip_root(zf)
+        order = "little"
+        if root + "byteorder" in zf.namelist():
+            order = zf.read(root + "byteorder").decode().strip()
+        storages = {}
+
+        def load_storage(pid):
+            _, stype, key, _location, _numel = _storage_pid(pid)[:5]
+            if key not in storages:
+                try:
+                    raw = bytearray(zf.read(f"{root}data/{key}"))
+                except KeyError:
+                    raise TorchFormatError(f"storage data/{key} is missing") \
+                        from None
+                dtype = stype.dtype if order == "little" \
+                    else stype.dtype.newbyteorder(">")
+                if len(raw) % dtype.itemsize:
+                    raise TorchFormatError(f"storage data/{key} is truncated")
+                st = _Storage(stype, key)
+                st.data = np.frombuffer(raw, dtype)
+                storages[key] = st
+            return storages[key]
+
+        try:
+            obj = _unpickle(zf.read(root + "data.pkl"), load_storage)
+        except (zipfile.BadZipFile, zlib.error, OSError) as e:
+            raise TorchFormatError(f"corrupt zip member ({e})") from None
+        obj = _resolve(obj)
+        if isinstance(obj, ScriptObject):
+            return _flatten_script(obj, _parse_declarations(zf, root)), \
+                "torchscript"
+        return obj, "torch-zip"
+
+
+# ------------------------------------------------------------- legacy format
+
+def is_legacy(head):
+    return head.startswith(_LEGACY_PREFIX)
+
+
+def read_legacy(path):
+    """The object saved by torch.save(..., _use_new_zipfile_serialization=
+    False)."""
+    storages, views = {}, []
+
+    def load_storage(pid):
+        stype, key = _storage_pid(pid)[1:3]
+        view = pid[5] if len(pid) > 5 else None
+        if key not in storages:
+            storages[key] = _Storage(stype, key)
+        st = storages[key]
+        if view is not None:
+            # An old-style storage view: (view_key, offset, size).
+            _view_key, offset, size = view
+            views.append(_StorageView(st, int(offset), int(size)))
+            return views[-1]
+        return st
+
+    with open(path, "rb") as f:
+        if _unpickle(f) != _LEGACY_MAGIC:
+            raise TorchFormatError("bad magic number")
+        protocol = _unpickle(f)
+        if protocol != 1001:
+            raise TorchFormatError(f"unsupported legacy protocol {protocol}")
+        sys_info = _unpickle(f)
+        if isinstance(sys_info, dict) and not sys_info.get(
+                "little_endian", True):
+            raise TorchFormatError("big-endian legacy files are not supported")
+        obj = _unpickle(f, load_storage)
+        keys = _unpickle(f)
+        for key in keys:
+            st = storages.get(key)
+            if st is None:
+                raise TorchFormatError(f"unknown storage key {key!r}")
+            head = f.read(8)
+            if len(head) != 8:
+                raise TorchFormatError("file is truncated")
+            (numel,) = struct.unpack("<q", head)
+            nbytes = numel * st.type.dtype.itemsize
+            raw = bytearray(nbytes)
+            if f.readinto(raw) != nbytes:
+                raise TorchFormatError("file is truncated")
+            st.data = np.frombuffer(raw, st.type.dtype)
+    for view in views:
+        view.resolve()
+    return _resolve(obj)
+
+
+class _StorageView(_Storage):
+    """A legacy view (offset, size) into another storage."""
+
+    def __init__(self, base, offset, size):
+        super().__init__(base.type, f"{base.key}[{offset}:{offset + size}]")
+        self.base, self.start, self.size = base, offset, size
+
+    def resolve(self):
+        if self.base.data is not None:
+            self.data = self.base.data[self.start:self.start + self.size]

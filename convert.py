@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Convert official CLIP / ConvNeXt-V2 checkpoints into jclip weights.
+
+No PyTorch needed.  With no arguments, makes weights/ViT-B-32.pkl,
+weights/RN101.pkl and weights/convnextv2_base_1k_224_ema.pkl from the
+originals in pretrained/, downloading (and verifying) any that are missing.
+"""
+import argparse
+import os
+import sys
+
+from jclip.checkpoint import (CheckpointError, convert_checkpoint,
+                              is_up_to_date, read_meta, sha256_file)
+from jclip import download as dl
+
+
+def _dtype(args):
+    return "float16" if args.half else "float32"
+
+
+def convert_one(src, out, model, dtype, force, expected_sha=None, log=print):
+    """Convert src -> out unless out is up to date; returns "skipped" or
+    "converted"."""
+    sha = sha256_file(src)
+    if expected_sha is not None and sha != expected_sha:
+        raise CheckpointError(
+            f"{src}: SHA-256 is {sha}, expected {expected_sha} (a corrupt or "
+            "different file: delete it to download it again)")
+    if not force and is_up_to_date(out, sha, dtype):
+        log(f"{out}: up to date (source {os.path.basename(src)}, "
+            f"sha256 {sha[:12]}...)")
+        return "skipped"
+    log(f"{src} -> {out} ({dtype})")
+    convert_checkpoint(src, out, model=model, dtype=dtype, source_sha256=sha)
+    return "converted"
+
+
+def convert_model(name, src_dir, out_dir, dtype, force=False,
+                  allow_download=True, urls=None, progress=True, log=print):
+    """Make out_dir/<weights> for a named model, fetching the original into
+    src_dir first when it is missing."""
+    urls = urls or dl.model_urls()
+    if name not in urls:
+        raise CheckpointError(
+            f"{name}: unknown model; known: {', '.join(urls)}")
+    url = urls[name]
+    expected = dl.expected_sha256(url)
+    src = os.path.join(src_dir, dl.source_filename(name, urls))
+    out = os.path.join(out_dir, dl.output_filename(name))
+    if not os.path.isfile(src):
+        # An up-to-date output needs no original: OpenAI's by its published
+        # hash; ConvNeXt (no published hash) by the model recorded in it.
+        meta = read_meta(out) if not force else None
+        if meta and meta.get("dtype") == dtype and (
+                meta.get("source_sha256") == expected if expected
+                else meta.get("model") == name):
+            log(f"{out}: up to date")
+            return "skipped"
+        if not allow_download:
+            raise CheckpointError(f"{src}: missing (and --no-download given)")
+        log(f"downloading {url} -> {src}")
+        dl.download(url, src, sha256=expected, progress=progress)
+    return convert_one(src, out, name, dtype, force, expected, log)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description="Convert official CLIP and ConvNeXt-V2 checkpoints into "
+        "jclip weights (.pkl files jittor.load reads). PyTorch is not needed.",
+        epilog="examples:\n"
+        "  python convert.py                       # the default models\n"
+        "  python convert.py --models ViT-B/16 RN50 --half\n"
+        "  python convert.py ~/Downloads/ViT-B-32.pt --out weights/ViT-B-32.pkl\n"
+        "\nknown models: " + ", ".join(dl.MODEL_URLS),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="convert this one checkpoint file instead of named "
+                   "models (TorchScript, torch.save zip or legacy, or .pkl)")
+    p.add_argument("--out", metavar="FILE",
+                   help="output file for PATH (default: OUT_DIR/<stem>.pkl)")
+    p.add_argument("--name", metavar="MODEL",
+                   help="model name recorded for PATH (default: recognised "
+                   "from the OpenAI hash, else the file stem)")
+    p.add_argument("--models", nargs="+", metavar="MODEL",
+                   default=list(dl.DEFAULT_MODELS),
+                   help="models to convert (default: %(default)s)")
+    p.add_argument("--src", default="pretrained", metavar="DIR",
+                   help="folder of original checkpoints; missing ones are "
+                   "downloaded here (default: %(default)s)")
+    p.add_argument("--out-dir", default="weights", metavar="DIR",
+                   help="folder for converted weights (default: %(default)s)")
+    p.add_argument("--half", action="store_true",
+                   help="store float16 weights (default: float32)")
+    p.add_argument("--force", action="store_true",
+                   help="convert even when the output is up to date")
+    p.add_argument("--no-download", action="store_true",
+                   help="fail instead of downloading a missing original")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar or messages, only errors")
+    args = p.parse_args(argv)
+    log = (lambda *a: None) if args.quiet else print
+    dtype = _dtype(args)
+
+    failures = 0
+    if args.path:
+        if not os.path.isfile(args.path):
+            p.error(f"{args.path}: no such file")
+        out = args.out or os.path.join(
+            args.out_dir, os.path.splitext(os.path.basename(args.path))[0]
+            + ".pkl")
+        try:
+            sha = sha256_file(args.path)
+            name = args.name or dl.known_model_for_sha256(sha)
+            if not args.force and is_up_to_date(out, sha, dtype):
+                log(f"{out}: up to date")
+            else:
+                log(f"{args.path} -> {out} ({dtype})")
+                convert_checkpoint(args.path, out, model=name, dtype=dtype,
+                                   source_sha256=sha)
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failures += 1
+    else:
+        if args.out or args.name:
+            p.error("--out and --name go with PATH; use --out-dir for models")
+        for name in args.models:
+            try:
+                convert_model(name, args.src, args.out_dir, dtype,
+                              force=args.force,
+                              allow_download=not args.no_download,
+                              progress=not args.quiet, log=log)
+            except CheckpointError as e:
+                print(f"error: {e}", file=sys.stderr)
+                failures += 1
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,7 +68,11 @@ def _link_system_onednn(inc, lib):
 
 
 def configure():
-    """Set nvcc_path / use_mkl in os.environ unless the user already did."""
+    """Set nvcc_path / use_mkl / cache_name in os.environ unless the user already did."""
+    # Jittor names its compile cache after `git branch` run in its own folder;
+    # inside a checkout (a .venv in the repo) that is the repo's branch, so the
+    # cache would be rebuilt per branch.  One fixed name keeps it warm.
+    os.environ.setdefault("cache_name", "default")
     if "nvcc_path" not in os.environ and not has_gpu():
         # nvcc without a driver: Jittor would compile CUDA code that cannot run
         os.environ["nvcc_path"] = ""

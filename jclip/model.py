@@ -1,0 +1,355 @@
+"""CLIP in Jittor: OpenAI's architecture, state-dict compatible with its checkpoints.
+
+Two image towers (VisionTransformer, ModifiedResNet) and the causal text
+transformer, with OpenAI's parameter names so a converted checkpoint loads
+without renaming.  ``build_model(state_dict)`` infers every size from the state
+dict, so any OpenAI checkpoint (RN50 ... RN50x64, ViT-B/32 ... ViT-L/14@336px)
+builds.  Everything runs batch-first in fp32.
+"""
+from collections import OrderedDict
+
+import numpy as np
+import jittor as jt
+from jittor import nn
+
+# Entries OpenAI's TorchScript archives carry that are not weights.
+NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+class Linear(nn.Module):
+    """``x @ weight.T + bias`` with torch's (out, in) layout, as one 2-D matmul.
+
+    Folding the leading dimensions into one keeps the product a plain GEMM,
+    which Jittor hands to oneDNN on CPU and cuBLAS on GPU.
+    """
+
+    def __init__(self, in_features, out_features, bias=True):
+        self.weight = jt.randn((out_features, in_features)) * in_features ** -0.5
+        self.bias = jt.zeros((out_features,)) if bias else None
+
+    def execute(self, x):
+        lead = x.shape[:-1]
+        y = jt.matmul(x.reshape((-1, x.shape[-1])), self.weight.transpose())
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(tuple(lead) + (y.shape[-1],))
+
+
+class QuickGELU(nn.Module):
+    def execute(self, x):
+        return x * jt.sigmoid(1.702 * x)
+
+
+def attention(q, k, v, mask=None):
+    """Scaled dot-product attention on (B, heads, L, head_dim) tensors."""
+    q = q * (q.shape[-1] ** -0.5)
+    scores = jt.matmul(q, k.transpose((0, 1, 3, 2)))
+    if mask is not None:
+        scores = scores + mask
+    return jt.matmul(nn.softmax(scores, dim=-1), v)
+
+
+class MultiheadAttention(nn.Module):
+    """torch.nn.MultiheadAttention's packed-projection layout, batch-first."""
+
+    def __init__(self, d_model, n_head):
+        self.n_head = n_head
+        self.in_proj_weight = jt.randn((3 * d_model, d_model)) * d_model ** -0.5
+        self.in_proj_bias = jt.zeros((3 * d_model,))
+        self.out_proj = Linear(d_model, d_model)
+
+    def execute(self, x, mask=None):
+        b, length, width = x.shape
+        qkv = jt.matmul(x.reshape((-1, width)), self.in_proj_weight.transpose()) + self.in_proj_bias
+        qkv = qkv.reshape((b, length, 3, self.n_head, width // self.n_head)).permute(2, 0, 3, 1, 4)
+        out = attention(qkv[0], qkv[1], qkv[2], mask)
+        return self.out_proj(out.permute(0, 2, 1, 3).reshape((b, length, width)))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, d_model, n_head):
+        self.attn = MultiheadAttention(d_model, n_head)
+        self.ln_1 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", Linear(d_model, d_model * 4)),
+            ("gelu", QuickGELU()),
+            ("c_proj", Linear(d_model * 4, d_model)),
+        ]))
+        self.ln_2 = nn.LayerNorm(d_model)
+
+    def execute(self, x, mask=None):
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width, layers, heads):
+        self.width, self.layers = width, layers
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def execute(self, x, mask=None):
+        for block in self.resblocks:
+            x = block(x, mask)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim):
+        self.input_resolution, self.patch_size = input_resolution, patch_size
+        grid = input_resolution // patch_size
+        scale = width ** -0.5
+        self.conv1 = nn.Conv2d(3, width, patch_size, stride=patch_size, bias=False)
+        self.class_embedding = jt.randn((width,)) * scale
+        self.positional_embedding = jt.randn((grid * grid + 1, width)) * scale
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = jt.randn((width, output_dim)) * scale
+
+    def patch_embed(self, x):
+        # conv1 has stride == kernel: it is a matmul over non-overlapping
+        # patches, which runs as one GEMM instead of a strided convolution.
+        n, c, h, w = x.shape
+        p = self.patch_size
+        gh, gw = h // p, w // p
+        patches = x.reshape((n, c, gh, p, gw, p)).permute(0, 2, 4, 1, 3, 5).reshape((n * gh * gw, c * p * p))
+        weight = self.conv1.weight.reshape((self.conv1.weight.shape[0], -1))
+        return jt.matmul(patches, weight.transpose()).reshape((n, gh * gw, -1))
+
+    def execute(self, x):
+        x = self.patch_embed(x)
+        cls = self.class_embedding.reshape((1, 1, -1)).broadcast((x.shape[0], 1, x.shape[2]))
+        x = jt.concat([cls, x], dim=1) + self.positional_embedding
+        x = self.transformer(self.ln_pre(x))
+        return jt.matmul(self.ln_post(x[:, 0, :]), self.proj)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck with OpenAI's anti-aliasing: stride by AvgPool after conv2."""
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1):
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else None
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.downsample = None
+        if stride > 1 or inplanes != planes * self.expansion:
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride) if stride > 1 else nn.Identity()),
+                ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                ("1", nn.BatchNorm2d(planes * self.expansion)),
+            ]))
+
+    def execute(self, x):
+        out = nn.relu(self.bn1(self.conv1(x)))
+        out = nn.relu(self.bn2(self.conv2(out)))
+        if self.avgpool is not None:
+            out = self.avgpool(out)
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return nn.relu(out + identity)
+
+
+class AttentionPool2d(nn.Module):
+    """Multi-head attention of the mean token over the feature map (QKV attention pooling)."""
+
+    def __init__(self, spacial_dim, embed_dim, num_heads, output_dim=None):
+        self.num_heads = num_heads
+        self.positional_embedding = jt.randn((spacial_dim ** 2 + 1, embed_dim)) / embed_dim ** 0.5
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
+        self.c_proj = Linear(embed_dim, output_dim or embed_dim)
+
+    def execute(self, x):
+        n, c, h, w = x.shape
+        x = x.reshape((n, c, h * w)).transpose((0, 2, 1))
+        x = jt.concat([x.mean(dim=1, keepdims=True), x], dim=1) + self.positional_embedding
+
+        def heads(t):
+            return t.reshape((n, t.shape[1], self.num_heads, -1)).transpose((0, 2, 1, 3))
+
+        out = attention(heads(self.q_proj(x[:, :1, :])), heads(self.k_proj(x)), heads(self.v_proj(x)))
+        return self.c_proj(out.transpose((0, 2, 1, 3)).reshape((n, c)))
+
+
+class ModifiedResNet(nn.Module):
+    """OpenAI's ResNet: 3-conv stem + avgpool, anti-aliased strides, attention pooling."""
+
+    def __init__(self, layers, output_dim, heads, input_resolution=224, width=64):
+        self.input_resolution = input_resolution
+        self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.avgpool = nn.AvgPool2d(2)
+
+        self._inplanes = width
+        self.layer1 = self._make_layer(width, layers[0])
+        self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
+        self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
+
+    def _make_layer(self, planes, blocks, stride=1):
+        layers = [Bottleneck(self._inplanes, planes, stride)]
+        self._inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def execute(self, x):
+        x = nn.relu(self.bn1(self.conv1(x)))
+        x = nn.relu(self.bn2(self.conv2(x)))
+        x = nn.relu(self.bn3(self.conv3(x)))
+        x = self.avgpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.attnpool(x)
+
+
+class CLIP(nn.Module):
+    def __init__(self, embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
+                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers):
+        if isinstance(vision_layers, (tuple, list)):
+            self.visual = ModifiedResNet(vision_layers, embed_dim, vision_width * 32 // 64,
+                                         image_resolution, vision_width)
+        else:
+            self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width,
+                                            vision_layers, vision_width // 64, embed_dim)
+        self.context_length = context_length
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads)
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = jt.randn((context_length, transformer_width)) * 0.01
+        self.ln_final = nn.LayerNorm(transformer_width)
+        self.text_projection = jt.randn((transformer_width, embed_dim)) * transformer_width ** -0.5
+        # OpenAI stores a 0-d scalar; Jittor has no 0-d Vars, so it is kept as (1,).
+        self.logit_scale = jt.array([np.log(1 / 0.07)], dtype="float32")
+
+    @property
+    def input_resolution(self):
+        return self.visual.input_resolution
+
+    def encode_image(self, images):
+        """(N, 3, H, W) normalised images -> (N, embed_dim) features (not normalised)."""
+        if not isinstance(images, jt.Var):
+            images = jt.array(np.asarray(images, dtype=np.float32))
+        return self.visual(images)
+
+    def encode_text(self, tokens):
+        """(N, context_length) token ids -> (N, embed_dim) features (not normalised)."""
+        tokens = np.asarray(tokens.numpy() if isinstance(tokens, jt.Var) else tokens)
+        if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
+            raise ValueError(f"encode_text expects (N, <= {self.context_length}) token ids, got shape {tokens.shape}")
+        eot = tokens.argmax(axis=-1)  # <|endoftext|> has the largest id
+        # The mask is causal, so positions after the last EOT never influence
+        # the EOT features: cutting them is exact and saves most of the work.
+        length = int(eot.max()) + 1
+        x = self.token_embedding(jt.array(tokens[:, :length].astype(np.int32)))
+        return self.encode_token_embeddings(x, eot)
+
+    def encode_token_embeddings(self, x, eot):
+        """Text features from (N, L, width) token embeddings (prompt learning feeds
+        learned context here) and each row's EOT position."""
+        n, length, _ = x.shape
+        x = x + self.positional_embedding[:length]
+        x = self.ln_final(self.transformer(x, causal_mask(length)))
+        rows = jt.array((np.arange(n) * length + np.asarray(eot)).astype(np.int32))
+        return jt.matmul(x.reshape((n * length, -1))[rows], self.text_projection)
+
+    def execute(self, images, tokens):
+        image_features = normalize(self.encode_image(images))
+        text_features = normalize(self.encode_text(tokens))
+        logits_per_image = self.logit_scale.exp() * jt.matmul(image_features, text_features.transpose())
+        return logits_per_image, logits_per_image.transpose()
+
+
+def normalize(x, dim=-1):
+    return x / jt.sqrt((x * x).sum(dim=dim, keepdims=True))
+
+
+def causal_mask(length):
+    return jt.array(np.triu(np.full((length, length), -np.inf, dtype=np.float32), 1))
+
+
+def _count_blocks(state_dict, prefix):
+    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+
+def model_config(state_dict):
+    """CLIP constructor arguments inferred from an OpenAI state dict (names as OpenAI's)."""
+    try:
+        if "visual.proj" in state_dict:
+            vision_width = state_dict["visual.conv1.weight"].shape[0]
+            vision_layers = len([k for k in state_dict
+                                 if k.startswith("visual.transformer.resblocks.") and k.endswith(".attn.in_proj_weight")])
+            vision_patch_size = state_dict["visual.conv1.weight"].shape[-1]
+            grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            image_resolution = vision_patch_size * grid
+        else:
+            vision_layers = tuple(_count_blocks(state_dict, f"visual.layer{b}.") for b in (1, 2, 3, 4))
+            vision_width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
+            output_width = round((state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            vision_patch_size = None
+            image_resolution = output_width * 32
+            if 0 in vision_layers:
+                raise KeyError("visual.layer1-4 (ModifiedResNet needs four stages)")
+        transformer_width = state_dict["ln_final.weight"].shape[0]
+        return dict(
+            embed_dim=state_dict["text_projection"].shape[1],
+            image_resolution=image_resolution,
+            vision_layers=vision_layers,
+            vision_width=vision_width,
+            vision_patch_size=vision_patch_size,
+            context_length=state_dict["positional_embedding"].shape[0],
+            vocab_size=state_dict["token_embedding.weight"].shape[0],
+            transformer_width=transformer_width,
+            transformer_heads=transformer_width // 64,
+            transformer_layers=_count_blocks(state_dict, "transformer.resblocks."),
+        )
+    except KeyError as e:
+        raise KeyError(f"not an OpenAI CLIP state dict: missing {e.args[0]}") from None
+
+
+def load_weights(module, state_dict, source="state dict", ignore=()):
+    """Copy numpy arrays into ``module`` by name, strictly.
+
+    Every parameter and buffer must be given once with its shape (0-d and (1,)
+    scalars are interchangeable); anything else raises ValueError naming
+    ``source`` and the keys.  ``ignore`` names keys to skip silently.
+    """
+    expected = module.state_dict()
+    given = {k: v for k, v in state_dict.items()
+             if k not in ignore and not k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    misshaped = [f"{k}: {tuple(np.shape(given[k]))} vs expected {tuple(expected[k].shape)}"
+                 for k in sorted(set(given) & set(expected))
+                 if int(np.prod(np.shape(given[k]))) != int(np.prod(expected[k].shape))
+                 or (np.ndim(given[k]) > 1 and tuple(np.shape(given[k])) != tuple(expected[k].shape))]
+    problems = []
+    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped tensors", misshaped)):
+        if keys:
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            problems.append(f"{what}: {shown}")
+    if problems:
+        raise ValueError(f"{source}: state dict does not fit {type(module).__name__}: " + "; ".join(problems))
+    for name, var in expected.items():
+        var.assign(jt.array(np.asarray(given[name], dtype=np.float32).reshape(var.shape)))
+    return module
+
+
+def build_model(state_dict, source="state dict"):
+    """A CLIP in eval mode with ``state_dict``'s sizes and weights (fp32)."""
+    try:
+        config = model_config(state_dict)
+    except KeyError as e:
+        raise ValueError(f"{source}: {e.args[0]}") from None
+    model = CLIP(**config)
+    load_weights(model, state_dict, source, ignore=NON_WEIGHT_KEYS)
+    model.eval()
+    return model

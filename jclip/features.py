@@ -1,0 +1,131 @@
+"""Feature cache: encode images (or prompts) once per model and preprocessing.
+
+A cache file is keyed by what produced the features - model name, checkpoint
+SHA-256, preprocessing id - and by the list of inputs.  It stores, next to the
+features, each image's size and mtime (prompts: the exact strings), so a
+second run with the same inputs reads the features back, and an image whose
+size or mtime changed is re-encoded (only that image), never silently reused.
+Files are written to a temporary name and os.replace'd, so an interrupted run
+leaves either the old cache or the new one.
+
+The encoder is any callable ``list of items -> (len, D) array``, so this module
+does not depend on the model code.
+"""
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+from tqdm import tqdm
+
+from .heads.base import atomic_save_npz
+
+FORMAT_VERSION = 1
+
+
+def _file_stamps(paths):
+    """(size, mtime_ns) per file; a missing file is a clear error."""
+    stamps = np.empty((len(paths), 2), dtype=np.int64)
+    for i, p in enumerate(paths):
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise FileNotFoundError(f"cannot encode {p!r}: {e.strerror}") from e
+        stamps[i] = (st.st_size, st.st_mtime_ns)
+    return stamps
+
+
+def _cache_path(cache_dir, kind, identity, items):
+    digest = hashlib.sha256(json.dumps([identity, items]).encode()).hexdigest()[:20]
+    model = re.sub(r"[^A-Za-z0-9.-]+", "-", identity["model_name"]).strip("-")
+    return os.path.join(cache_dir, f"{kind}-{model}-{digest}.npz")
+
+
+def _read(path, identity, items):
+    """(features, stamps) from a matching cache file, or None."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("identity") != identity or meta.get("items") != items:
+                return None
+            feats, stamps = z["features"], z["stamps"]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError):
+        return None                     # unreadable or foreign: encode afresh
+    if feats.shape[0] != len(items) or stamps.shape != (len(items), 2):
+        return None
+    return feats, stamps
+
+
+def _encode(items, encoder, batch_size, desc, progress):
+    """Encoder output for ``items`` in batches, checked and stacked."""
+    out = []
+    batches = range(0, len(items), batch_size)
+    for start in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        chunk = items[start:start + batch_size]
+        f = np.asarray(encoder(chunk))
+        if f.ndim != 2 or f.shape[0] != len(chunk):
+            raise ValueError(f"encoder returned shape {f.shape} for {len(chunk)} inputs")
+        if not np.isfinite(f).all():
+            raise ValueError(f"encoder returned NaN or infinite features for a batch "
+                             f"starting at {chunk[0]!r}")
+        out.append(f)
+    return np.concatenate(out)
+
+
+def _cached(kind, items, keys, stamps, encoder, identity, cache_dir, batch_size,
+            progress):
+    if not items:
+        raise ValueError(f"no {kind} to encode")
+    path = _cache_path(cache_dir, kind, identity, keys)
+    found = _read(path, identity, keys)
+    if found is not None:
+        feats, old = found
+        stale = np.flatnonzero((old != stamps).any(axis=1))
+        if stale.size == 0:
+            return feats
+        fresh = _encode([items[i] for i in stale], encoder, batch_size,
+                        f"re-encoding {stale.size} changed {kind}", progress)
+        if fresh.shape[1] != feats.shape[1]:
+            raise ValueError(f"encoder width {fresh.shape[1]} differs from the "
+                             f"cached {feats.shape[1]} for {path}")
+        feats = feats.copy()
+        feats[stale] = fresh.astype(feats.dtype)
+    else:
+        feats = _encode(items, encoder, batch_size, f"encoding {kind}", progress)
+    meta = json.dumps({"version": FORMAT_VERSION, "identity": identity, "items": keys})
+    atomic_save_npz(path, {"features": feats, "stamps": stamps, "meta": np.array(meta)})
+    return feats
+
+
+def encode_images_cached(paths, encoder, model_name, weights_sha256,
+                         preprocess_id, cache_dir, batch_size=64, progress=True):
+    """(N, D) features of ``paths``, from the cache when nothing changed.
+
+    encoder(list of paths) -> (len, D) array (raw; normalise afterwards).
+    """
+    paths = [os.path.abspath(os.fspath(p)) for p in paths]
+    identity = {"model_name": str(model_name), "weights_sha256": str(weights_sha256),
+                "preprocess_id": str(preprocess_id)}
+    return _cached("images", paths, paths, _file_stamps(paths), encoder, identity,
+                   cache_dir, int(batch_size), progress)
+
+
+def encode_texts_cached(texts, encoder, model_name, weights_sha256, cache_dir,
+                        batch_size=256, progress=True):
+    """(N, D) features of the exact prompt strings ``texts``, cached.
+
+    Strings are part of the key, so any change to a prompt gives a new entry.
+    """
+    texts = [str(t) for t in texts]
+    identity = {"model_name": str(model_name), "weights_sha256": str(weights_sha256),
+                "preprocess_id": "text"}
+    stamps = np.zeros((len(texts), 2), dtype=np.int64)
+    return _cached("texts", texts, texts, stamps, encoder, identity, cache_dir,
+                   int(batch_size), progress)
+
+
+def cached_text_encoder(encoder, model_name, weights_sha256, cache_dir, **kw):
+    """encode_text callable for zeroshot.text_classifier_weights, cached."""
+    return lambda texts: encode_texts_cached(texts, encoder, model_name,
+                                             weights_sha256, cache_dir, **kw)

@@ -10,7 +10,8 @@ import os
 import sys
 
 from jclip.checkpoint import (CheckpointError, convert_checkpoint,
-                              is_up_to_date, read_meta, sha256_file)
+                              is_up_to_date, read_meta, sha256_file,
+                              sniff_format)
 from jclip import download as dl
 
 
@@ -59,7 +60,10 @@ def convert_model(name, src_dir, out_dir, dtype, force=False,
         if not allow_download:
             raise CheckpointError(f"{src}: missing (and --no-download given)")
         log(f"downloading {url} -> {src}")
-        dl.download(url, src, sha256=expected, progress=progress)
+        # Without a published hash, at least refuse an error page or a
+        # truncated archive before keeping it.
+        dl.download(url, src, sha256=expected, verify=sniff_format,
+                    progress=progress)
     return convert_one(src, out, name, dtype, force, expected, log)
 
 

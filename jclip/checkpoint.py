@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -152,6 +153,33 @@ def _unwrap(obj, path):
     return out
 
 
+def sniff_format(path):
+    """("zip" | "torch-legacy" | "pickle", size) from the first bytes; an
+    empty file, an HTML page or other bytes raise CheckpointError.  Cheap: a
+    downloader can reject an error page before keeping it."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file")
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        try:   # the central directory sits at the end: catches truncation
+            zipfile.ZipFile(path).close()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointError(
+                f"{path}: corrupt or truncated zip archive ({e})") from None
+        return "zip", size
+    if torch_reader.is_legacy(head):
+        return "torch-legacy", size
+    if head.startswith(b"\x80"):
+        return "pickle", size
+    raise CheckpointError(f"{path}: {_describe_junk(head)}")
+
+
 def read_state_dict(path):
     """Read a checkpoint into (``{name: ndarray}``, meta).
 
@@ -164,28 +192,19 @@ def read_state_dict(path):
     ``"torch-legacy"``).  Raises CheckpointError naming the file.
     """
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    if size == 0:
-        raise CheckpointError(f"{path}: empty file")
+    kind, size = sniff_format(path)
     meta = {}
     try:
-        if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        if kind == "zip":
             obj, meta["format"] = torch_reader.read_zip(path)
-        elif torch_reader.is_legacy(head):
+        elif kind == "torch-legacy":
             obj, meta["format"] = torch_reader.read_legacy(path), "torch-legacy"
-        elif head.startswith(b"\x80"):
+        else:
             obj = _read_pkl(path, size)
             stored = obj.get(META_KEY) if isinstance(obj, dict) else None
             if isinstance(stored, dict):
                 meta.update(stored)
             meta["format"] = "jclip" if stored else "pickle"
-        else:
-            raise CheckpointError(f"{path}: {_describe_junk(head)}")
     except torch_reader.TorchFormatError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except OSError as e:

@@ -87,11 +87,13 @@ def known_model_for_sha256(sha):
                  if expected_sha256(u) == sha), None)
 
 
-def download(url, dest, sha256=None, progress=True, timeout=60):
+def download(url, dest, sha256=None, verify=None, progress=True, timeout=60):
     """Fetch ``url`` to ``dest`` through ``dest + ".part"``; returns the
     file's SHA-256.  The ``.part`` is renamed only after the whole body
-    arrived and (when ``sha256`` is given) matched it; on any failure it is
-    removed and DownloadError is raised."""
+    arrived, matched ``sha256`` (when given) and passed ``verify(part_path)``
+    (when given; it raises CheckpointError to reject, e.g. an HTML error
+    page).  On any failure the ``.part`` is removed and DownloadError is
+    raised."""
     from tqdm import tqdm
 
     dest = os.fspath(dest)
@@ -124,6 +126,13 @@ def download(url, dest, sha256=None, progress=True, timeout=60):
             raise DownloadError(
                 f"{dest}: SHA-256 of the download from {url} is {digest}, "
                 f"expected {sha256}")
+        if verify is not None:
+            try:
+                verify(part)
+            except CheckpointError as e:
+                raise DownloadError(
+                    f"{dest}: the download from {url} is unusable: "
+                    f"{str(e).replace(part + ': ', '')}") from None
         os.replace(part, dest)
         return digest
     except DownloadError:

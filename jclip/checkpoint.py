@@ -405,13 +405,14 @@ def convert_checkpoint(src, out, model=None, dtype="float32",
                        source_sha256=None):
     """Convert the checkpoint ``src`` into the jclip file ``out``; returns the
     meta written.  ``model`` names the model in the meta (default: the source
-    file's stem).  On any error nothing is left at ``out``."""
+    file's stem, or the model recorded in a jclip source).  On any error nothing is left at ``out``."""
     src, out = os.fspath(src), os.fspath(out)
     sha = source_sha256 or sha256_file(src)
     state_dict, src_meta = read_state_dict(src)
     arch, state_dict = prepare_state_dict(state_dict, src)
     meta = {
-        "model": model or os.path.splitext(os.path.basename(src))[0],
+        "model": model or src_meta.get("model")
+        or os.path.splitext(os.path.basename(src))[0],
         "architecture": arch,
         "source_file": os.path.basename(src),
         "source_sha256": sha,

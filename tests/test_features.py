@@ -1,0 +1,108 @@
+"""Feature cache: reuse when nothing changed, re-encode what did, never mix."""
+import os
+
+import numpy as np
+import pytest
+
+import jclip  # noqa: F401
+from jclip.features import cached_text_encoder, encode_images_cached, encode_texts_cached
+from jclip.heads import text_classifier_weights
+
+
+class CountingEncoder:
+    """Feature = (file size, first byte); records every item it encodes."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, paths):
+        self.seen.extend(paths)
+        return np.array([[os.path.getsize(p), open(p, "rb").read(1)[0]] for p in paths],
+                        dtype=np.float32)
+
+
+@pytest.fixture
+def images(tmp_path):
+    paths = []
+    for i in range(7):
+        p = tmp_path / f"image_{i}.jpg"
+        p.write_bytes(bytes([i]) * (i + 1))
+        paths.append(str(p))
+    return paths
+
+
+def run(paths, enc, cache, **kw):
+    args = dict(model_name="ViT-B/32", weights_sha256="40d3", preprocess_id="clip224",
+                cache_dir=cache, batch_size=3, progress=False)
+    args.update(kw)
+    return encode_images_cached(paths, enc, **args)
+
+
+def test_second_run_reads_back(images, tmp_path):
+    enc = CountingEncoder()
+    first = run(images, enc, tmp_path / "c")
+    assert len(enc.seen) == 7
+    np.testing.assert_array_equal(first[:, 0], np.arange(1, 8))
+    second = run(images, enc, tmp_path / "c")
+    assert len(enc.seen) == 7
+    np.testing.assert_array_equal(first, second)
+    assert not [n for n in os.listdir(tmp_path / "c") if n.startswith(".tmp")]
+
+
+def test_changed_file_is_re_encoded(images, tmp_path):
+    enc = CountingEncoder()
+    run(images, enc, tmp_path / "c")
+    with open(images[4], "wb") as f:
+        f.write(b"\x09" * 20)
+    os.utime(images[4], ns=(1, 1))       # different mtime even on a coarse clock
+    feats = run(images, enc, tmp_path / "c")
+    assert enc.seen[7:] == [os.path.abspath(images[4])]
+    assert feats[4].tolist() == [20, 9]
+
+
+@pytest.mark.parametrize("change", [dict(model_name="RN101"), dict(weights_sha256="8fa8"),
+                                    dict(preprocess_id="clip224-flip")])
+def test_other_model_or_preprocessing_is_not_reused(images, tmp_path, change):
+    enc = CountingEncoder()
+    run(images, enc, tmp_path / "c")
+    run(images, enc, tmp_path / "c", **change)
+    assert len(enc.seen) == 14
+
+
+def test_corrupt_cache_is_re_encoded(images, tmp_path):
+    enc = CountingEncoder()
+    run(images, enc, tmp_path / "c")
+    (cache_file,) = (tmp_path / "c").iterdir()
+    cache_file.write_bytes(b"not an npz")
+    run(images, enc, tmp_path / "c")
+    assert len(enc.seen) == 14
+
+
+def test_missing_file_and_bad_encoder_output(images, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        run(images + [str(tmp_path / "nope.jpg")], CountingEncoder(), tmp_path / "c")
+    with pytest.raises(ValueError, match="shape"):
+        run(images, lambda b: np.zeros((len(b) + 1, 2)), tmp_path / "c")
+    with pytest.raises(ValueError, match="NaN"):
+        run(images, lambda b: np.full((len(b), 2), np.nan), tmp_path / "c")
+
+
+def test_text_features_keyed_by_exact_strings(tmp_path):
+    calls = []
+
+    def enc(texts):
+        calls.extend(texts)
+        return np.array([[len(t), t.count("a") + 1.0] for t in texts])
+
+    kw = dict(model_name="ViT-B/32", weights_sha256="40d3", cache_dir=tmp_path, progress=False)
+    a = encode_texts_cached(["a cat.", "a dog."], enc, **kw)
+    encode_texts_cached(["a cat.", "a dog."], enc, **kw)
+    assert calls == ["a cat.", "a dog."]
+    encode_texts_cached(["a cat.", "a dog!"], enc, **kw)
+    assert len(calls) == 4
+    w = text_classifier_weights(["Thu-dog_Shiba_Dog", "Food-101_apple_pie"],
+                                cached_text_encoder(enc, **kw), templates="single")
+    assert calls[-2:] == ["a photo of a Shiba Dog, a type of dog.",
+                          "a photo of a apple pie, a type of food."]
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, atol=1e-6)
+    assert a.shape == (2, 2)

@@ -235,6 +235,24 @@ class _HashingWriter:
         return self.f.write(b)
 
 
+class _CastingPickler(pickle.Pickler):
+    """Casts each float array to the output dtype as it is written, so only
+    one converted array exists at a time (not a second full state dict)."""
+
+    def __init__(self, file, dtype):
+        super().__init__(file, protocol=4)
+        self.dtype = np.dtype(dtype)
+        # No memo: it would keep every array's bytes alive until the end
+        # (a full second copy of the weights); the dict has no cycles.
+        self.fast = True
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray) and obj.dtype.kind == "f" and \
+                obj.dtype != self.dtype:
+            return obj.astype(self.dtype).__reduce_ex__(4)
+        return NotImplemented
+
+
 def save_state_dict(path, state_dict, meta, dtype="float32"):
     """Write ``state_dict`` (name -> array) and ``meta`` (str -> str/int) as
     a jclip ``.pkl`` that ``jittor.load`` reads.
@@ -257,18 +275,21 @@ def save_state_dict(path, state_dict, meta, dtype="float32"):
         if k == META_KEY:
             raise ValueError(f"{META_KEY!r} is reserved")
         v = np.asarray(v)
-        if v.dtype.kind == "f":
-            v = v.astype(dtype, copy=False)
-        # (not np.ascontiguousarray: it turns 0-d logit_scale into shape (1,))
-        out[k] = v if v.flags.c_contiguous else v.copy(order="C")
+        if v.dtype.hasobject:
+            raise ValueError(f"entry {k!r}: object arrays cannot be saved")
+        out[k] = v
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path),
                                suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 is for secrets
         with os.fdopen(fd, "wb") as f:
             w = _HashingWriter(f)
-            pickle.dump(out, w, protocol=4)
+            _CastingPickler(w, dtype).dump(out)
             f.write(w.sha1.digest() + _JITTOR_TAG)
             f.flush()
             os.fsync(f.fileno())

@@ -160,6 +160,7 @@ def test_save_then_read_and_jittor_load(tmp_path, vit_archive):
     out = tmp_path / "w.pkl"
     meta = save_state_dict(out, sd, {"model": "tiny", "source_sha256": "ab"})
     assert meta["dtype"] == "float32"
+    assert os.stat(out).st_mode & 0o644 == 0o644   # readable like any file
     back, bmeta = read_state_dict(out)
     assert bmeta["model"] == "tiny" and bmeta["format"] == "jclip"
     assert list(back) == list(sd)
@@ -185,13 +186,19 @@ def test_save_half(tmp_path):
 
 
 def test_save_failure_leaves_nothing(tmp_path, monkeypatch):
-    def broken_dump(obj, f, protocol):
-        f.write(b"\x80\x04partial")
-        raise OSError("disk full")
-    monkeypatch.setattr(pickle, "dump", broken_dump)
+    from jclip import checkpoint
+    real_write, written = checkpoint._HashingWriter.write, []
+
+    def disk_fills_up(self, b):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(len(b))
+        return real_write(self, b)
+    monkeypatch.setattr(checkpoint._HashingWriter, "write", disk_fills_up)
+    big = {f"w{i}": np.ones(100_000, np.float32) for i in range(3)}
     with pytest.raises(OSError):
-        save_state_dict(tmp_path / "x.pkl", {"w": np.ones(2)}, {})
-    assert os.listdir(tmp_path) == []
+        save_state_dict(tmp_path / "x.pkl", big, {})
+    assert written and os.listdir(tmp_path) == []
 
 
 def test_save_rejects_non_plain_meta(tmp_path):

@@ -111,7 +111,8 @@ def _read_pkl(path, size):
             raise CheckpointError(f"{path}: unsafe or invalid pickle: {e}") \
                 from None
         except (EOFError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError, MemoryError, UnicodeDecodeError) as e:
+                AttributeError, ImportError, MemoryError,
+                UnicodeDecodeError) as e:
             raise CheckpointError(
                 f"{path}: corrupt pickle ({type(e).__name__}: {e})") from None
     return obj

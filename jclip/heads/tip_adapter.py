@@ -63,14 +63,18 @@ class TipAdapter(Head):
     def _search(self, keys, val_x, val_y):
         """Official order: beta outer, alpha inner, first strict best wins."""
         clip_logits = self.logit_scale * (val_x @ self.text_weights.T)
-        affinity_t = keys @ val_x.T
+        affinity_m1 = keys @ val_x.T - 1.0               # (K, N), reused per beta
         values_t = self._one_hot_t()
         alphas = search_grid(self.alpha_scale, self.alpha_steps)
+        e, mixed = np.empty_like(affinity_m1), np.empty_like(clip_logits)
         best = (-1.0, self.init_beta, self.init_alpha)
         for beta in search_grid(self.beta_scale, self.beta_steps):
-            cache = self._cache_logits(affinity_t, beta, values_t)
+            np.exp(np.multiply(affinity_m1, beta, out=e), out=e)
+            cache = np.asarray(values_t @ e).T
             for alpha in alphas:
-                acc = float(((clip_logits + alpha * cache).argmax(1) == val_y).mean())
+                np.multiply(cache, alpha, out=mixed)
+                mixed += clip_logits
+                acc = float((mixed.argmax(1) == val_y).mean())
                 if acc > best[0]:
                     best = (acc, float(beta), float(alpha))
         return best

@@ -13,7 +13,8 @@ import jittor as jt
 from jittor import nn
 
 # Entries OpenAI's TorchScript archives carry that are not weights.
-NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
+# (open_clip-built archives also carry the derived causal `attn_mask` buffer.)
+NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 class Linear(nn.Module):

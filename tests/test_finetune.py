@@ -1,0 +1,108 @@
+"""Fine-tuning learns, is reproducible, and its head files are checked."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jclip  # noqa: F401  (must precede jittor)
+from jclip.checkpoint import CheckpointError, save_state_dict
+from jclip.convnext import convnextv2
+from jclip import finetune as ft
+
+COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 220, 40)]
+OFFSET = 10  # contest ids 10..13 -> 0..3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """4 colour classes (noisy, varied sizes) + a distractor class, and a tiny
+    random atto backbone saved as a jclip weights file."""
+    root = tmp_path_factory.mktemp("ft")
+    rng = np.random.RandomState(0)
+    lists = {"train": [], "val": []}
+    for split, n in (("train", 6), ("val", 4)):
+        for c, colour in enumerate(COLOURS + [(128, 128, 128)]):
+            for i in range(n):
+                h, w = rng.randint(40, 64, 2)
+                img = np.clip(np.array(colour) + rng.randn(h, w, 3) * 40, 0, 255)
+                name = f"{split}_{c}_{i}.{'png' if i % 2 else 'jpg'}"
+                Image.fromarray(img.astype(np.uint8)).save(root / name)
+                label = OFFSET + c if c < 4 else 99  # 99: outside the subset
+                lists[split].append(f"{name} {label}")
+    for split, lines in lists.items():
+        (root / f"{split}.txt").write_text("\n".join(lines))
+    model = convnextv2("atto")
+    weights = root / "atto.pkl"
+    save_state_dict(weights, {k: v.numpy() for k, v in model.state_dict().items()},
+                    {"model": "convnextv2_atto"})
+    return root
+
+
+def _train(root, mode, **kw):
+    args = dict(labels=(OFFSET, OFFSET + 3), val_list=str(root / "val.txt"),
+                mode=mode, batch_size=8, size=32, seed=3, verbose=False)
+    args.update(kw)
+    return ft.train(str(root / "atto.pkl"), str(root / "train.txt"), **args)
+
+
+def test_read_list_subset(data):
+    paths, labels = ft.read_list(str(data / "train.txt"), label_range=(10, 13))
+    assert len(paths) == 24 and sorted(set(labels)) == [0, 1, 2, 3]
+    assert ft.parse_label_range("244-373") == (244, 373)
+
+
+def test_fast_mode_learns_and_is_reproducible(data, tmp_path):
+    r1 = _train(data, "fast", epochs=60, lr=1e-2, out=str(tmp_path / "h.pkl"))
+    r2 = _train(data, "fast", epochs=60, lr=1e-2)
+    best = r1["history"][r1["best_epoch"] - 1]
+    print("fast:", best)
+    assert r1["history"][-1]["train_acc"] > 0.9 and best["train_acc"] > 0.9 and best["val_acc"] >= 0.75  # chance 0.25
+    assert r1["history"] == r2["history"]
+    for k in r1["state"]:
+        np.testing.assert_array_equal(r1["state"][k], r2["state"][k])
+    assert set(r1["state"]) == {"head.weight", "head.bias"}  # only what trained
+    assert os.path.getsize(tmp_path / "h.pkl") < 10_000
+
+
+def test_full_mode_learns_predicts_and_checks_pairing(data, tmp_path):
+    out = str(tmp_path / "full.pkl")
+    r = _train(data, "full", epochs=6, lr=2e-3, unfreeze=1, out=out)
+    r2 = _train(data, "full", epochs=6, lr=2e-3, unfreeze=1)
+    best = r["history"][r["best_epoch"] - 1]
+    print("full:", best)
+    assert r["history"] == r2["history"]
+    for k in r["state"]:
+        np.testing.assert_array_equal(r["state"][k], r2["state"][k])
+    assert r["history"][-1]["train_acc"] > 0.9 and best["train_acc"] > 0.9 and best["val_acc"] >= 0.75
+    assert any(k.startswith("stages.3.") for k in r["state"])
+    assert not any(k.startswith("stages.2.") for k in r["state"])
+
+    model = ft.load_finetuned(str(data / "atto.pkl"), out)
+    val = [ln.split()[0] for ln in (data / "val.txt").read_text().splitlines()
+           if int(ln.split()[1]) != 99]
+    paths, ids, probs = ft.predict(model, [str(data / v) for v in val], k=3, verbose=False)
+    truth = np.array([int(os.path.basename(p).split("_")[1]) + OFFSET for p in paths])
+    assert ids.shape == (16, 3) and ids.min() >= OFFSET and ids.max() <= OFFSET + 3
+    assert (ids[:, 0] == truth).mean() >= 0.75
+    assert np.all(np.diff(probs, axis=1) <= 0)
+
+    # a head trained on one backbone refuses another
+    other = tmp_path / "other.pkl"
+    save_state_dict(other, {k: v.numpy() for k, v in convnextv2("atto").state_dict().items()},
+                    {"model": "convnextv2_atto"})
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        ft.load_finetuned(str(other), out)
+
+
+def test_unreadable_image_skipped_or_strict(data, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    good = str(data / "train_0_0.jpg")
+    loader = ft.ImageLoader(threads=2)
+    batches = list(loader.batches([good, str(bad)], 4, lambda im: ft.eval_transform(im, 32)))
+    assert batches[0][0].shape == (1, 3, 32, 32) and list(batches[0][1]) == [0]
+    assert loader.bad == [str(bad)]
+    with pytest.raises(OSError, match="broken.jpg"):
+        list(ft.ImageLoader(strict=True).batches([str(bad)], 4,
+                                                 lambda im: ft.eval_transform(im, 32)))

@@ -1,0 +1,228 @@
+"""Parameter budget of the cascade: counts by loaded weights and by use.
+
+Counts come from state-dict shapes: for a known architecture (OpenAI CLIP
+names, ConvNeXt-V2 sizes) the shapes are generated from its hyper-parameters,
+so no weights are needed; otherwise (or with ``from_weights``) they are read
+from the weights file.  A parameter is every state-dict tensor except
+BatchNorm running statistics, counters and the derived attention mask.
+
+Two totals (SPEC section 1):
+  loaded  each distinct weight once;
+  by use  each component once per cascade stage that runs it (the CLIP towers
+          serve both InMaP and LP++, so they count twice).
+"""
+import os
+
+from .contest import read_classes
+from .convnext import CONFIGS as CONVNEXT_SIZES
+
+# OpenAI CLIP: (embed dim, vision, text); vision layers int = ViT, tuple = ResNet.
+TEXT_B = dict(width=512, layers=12, vocab=49408, context=77)
+CLIP_ARCHS = {
+    "RN50": (1024, dict(layers=(3, 4, 6, 3), width=64, resolution=224), TEXT_B),
+    "RN101": (512, dict(layers=(3, 4, 23, 3), width=64, resolution=224), TEXT_B),
+    "ViT-B/32": (512, dict(layers=12, width=768, patch=32, resolution=224), TEXT_B),
+    "ViT-B/16": (512, dict(layers=12, width=768, patch=16, resolution=224), TEXT_B),
+}
+NOT_PARAMETERS = ("running_mean", "running_var", "num_batches_tracked", "attn_mask",
+                  "input_resolution", "context_length", "vocab_size")
+
+
+def _resblocks(prefix, width, layers):
+    s = {}
+    for i in range(layers):
+        p = f"{prefix}.resblocks.{i}."
+        s.update({p + "attn.in_proj_weight": (3 * width, width), p + "attn.in_proj_bias": (3 * width,),
+                  p + "attn.out_proj.weight": (width, width), p + "attn.out_proj.bias": (width,),
+                  p + "ln_1.weight": (width,), p + "ln_1.bias": (width,),
+                  p + "mlp.c_fc.weight": (4 * width, width), p + "mlp.c_fc.bias": (4 * width,),
+                  p + "mlp.c_proj.weight": (width, 4 * width), p + "mlp.c_proj.bias": (width,),
+                  p + "ln_2.weight": (width,), p + "ln_2.bias": (width,)})
+    return s
+
+
+def _bn(name, c):
+    return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
+            f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
+
+
+def clip_shapes(name):
+    """{key: shape} of an OpenAI CLIP checkpoint, from its hyper-parameters."""
+    if name not in CLIP_ARCHS:
+        raise KeyError(f"unknown CLIP architecture {name!r} (known: {', '.join(CLIP_ARCHS)})")
+    embed, v, t = CLIP_ARCHS[name]
+    s, w = {}, v["width"]
+    if isinstance(v["layers"], int):
+        grid = v["resolution"] // v["patch"]
+        s.update({"visual.class_embedding": (w,), "visual.positional_embedding": (grid * grid + 1, w),
+                  "visual.proj": (w, embed), "visual.conv1.weight": (w, 3, v["patch"], v["patch"]),
+                  "visual.ln_pre.weight": (w,), "visual.ln_pre.bias": (w,),
+                  "visual.ln_post.weight": (w,), "visual.ln_post.bias": (w,)})
+        s.update(_resblocks("visual.transformer", w, v["layers"]))
+    else:
+        for i, (cin, cout) in enumerate(((3, w // 2), (w // 2, w // 2), (w // 2, w)), 1):
+            s[f"visual.conv{i}.weight"] = (cout, cin, 3, 3)
+            s.update(_bn(f"visual.bn{i}", cout))
+        inplanes = w
+        for li, (blocks, planes) in enumerate(zip(v["layers"], (w, 2 * w, 4 * w, 8 * w)), 1):
+            for b in range(blocks):
+                p = f"visual.layer{li}.{b}"
+                s.update({f"{p}.conv1.weight": (planes, inplanes, 1, 1),
+                          f"{p}.conv2.weight": (planes, planes, 3, 3),
+                          f"{p}.conv3.weight": (planes * 4, planes, 1, 1)})
+                for j, c in ((1, planes), (2, planes), (3, planes * 4)):
+                    s.update(_bn(f"{p}.bn{j}", c))
+                if b == 0 and (li > 1 or inplanes != planes * 4):
+                    s[f"{p}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
+                    s.update(_bn(f"{p}.downsample.1", planes * 4))
+                inplanes = planes * 4
+        width = w * 32
+        sp = v["resolution"] // 32
+        s["visual.attnpool.positional_embedding"] = (sp * sp + 1, width)
+        for k in ("q", "k", "v"):
+            s.update({f"visual.attnpool.{k}_proj.weight": (width, width),
+                      f"visual.attnpool.{k}_proj.bias": (width,)})
+        s.update({"visual.attnpool.c_proj.weight": (embed, width),
+                  "visual.attnpool.c_proj.bias": (embed,)})
+    tw = t["width"]
+    s.update({"token_embedding.weight": (t["vocab"], tw), "positional_embedding": (t["context"], tw),
+              "ln_final.weight": (tw,), "ln_final.bias": (tw,), "text_projection": (tw, embed),
+              "logit_scale": ()})
+    s.update(_resblocks("transformer", tw, t["layers"]))
+    return s
+
+
+def convnext_shapes(size, num_classes=1000):
+    """{key: shape} of an official-named ConvNeXt-V2 of a CONFIGS size."""
+    depths, dims = CONVNEXT_SIZES[size]
+    s = {"downsample_layers.0.0.weight": (dims[0], 3, 4, 4), "downsample_layers.0.0.bias": (dims[0],),
+         "downsample_layers.0.1.weight": (dims[0],), "downsample_layers.0.1.bias": (dims[0],)}
+    for i in range(1, 4):
+        s.update({f"downsample_layers.{i}.0.weight": (dims[i - 1],),
+                  f"downsample_layers.{i}.0.bias": (dims[i - 1],),
+                  f"downsample_layers.{i}.1.weight": (dims[i], dims[i - 1], 2, 2),
+                  f"downsample_layers.{i}.1.bias": (dims[i],)})
+    for i, (depth, c) in enumerate(zip(depths, dims)):
+        for b in range(depth):
+            p = f"stages.{i}.{b}."
+            s.update({p + "dwconv.weight": (c, 1, 7, 7), p + "dwconv.bias": (c,),
+                      p + "norm.weight": (c,), p + "norm.bias": (c,),
+                      p + "pwconv1.weight": (4 * c, c), p + "pwconv1.bias": (4 * c,),
+                      p + "grn.gamma": (1, 1, 1, 4 * c), p + "grn.beta": (1, 1, 1, 4 * c),
+                      p + "pwconv2.weight": (c, 4 * c), p + "pwconv2.bias": (c,)})
+    s.update({"norm.weight": (dims[-1],), "norm.bias": (dims[-1],)})
+    if num_classes:
+        s.update({"head.weight": (num_classes, dims[-1]), "head.bias": (num_classes,)})
+    return s
+
+
+def count(shapes, prefix=None, exclude_prefix=None):
+    """Parameters in a {key: shape} dict (optionally only keys under a prefix)."""
+    total = 0
+    for k, shape in shapes.items():
+        if k.rsplit(".", 1)[-1] in NOT_PARAMETERS or k in NOT_PARAMETERS:
+            continue
+        if prefix and not k.startswith(prefix):
+            continue
+        if exclude_prefix and k.startswith(exclude_prefix):
+            continue
+        n = 1
+        for d in shape:
+            n *= int(d)
+        total += n
+    return total
+
+
+def shapes_from_file(path):
+    """{key: shape} read from a weights file (any format jclip reads)."""
+    from .checkpoint import prepare_state_dict, read_state_dict
+    sd, _ = read_state_dict(path)
+    _, sd = prepare_state_dict(sd, path)      # official names, wrappers removed
+    return {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()}
+
+
+def _shapes(spec, known, from_weights):
+    """(shapes, source) for a config entry {model, weights}."""
+    path = spec.get("weights")
+    if path and os.path.isfile(path) and (from_weights or spec.get("model") not in known):
+        return shapes_from_file(path), path
+    if spec.get("model") in known:
+        return known[spec["model"]](), f"architecture {spec['model']}"
+    raise FileNotFoundError(f"{path}: weights not found, and {spec.get('model')!r} is not a "
+                            f"known architecture to count from ({', '.join(known)})")
+
+
+def _num_classes(cfg):
+    data = cfg["data"]
+    path = os.path.join(data["root"], data["test_classes"])
+    if os.path.isfile(path):
+        return len(read_classes(path)), path
+    return int(cfg["budget"]["num_classes"]), "budget.num_classes"
+
+
+def components(cfg, from_weights=False):
+    """(rows, stages, notes): rows = [(component, params)], stages = {stage: [components]}."""
+    casc = cfg["cascade"]
+    n_all, src = _num_classes(cfg)
+    n_seen = int(casc["unseen_from"])
+    rows, notes, stages = [], [f"classes: {n_all} from {src}, {n_seen} seen"], {"InMaP": [], "LP++": [], "dog head": []}
+    clip_known = {n: (lambda n=n: clip_shapes(n)) for n in CLIP_ARCHS}
+    for key in sorted(set(casc["inmap_mix"]) | set(casc["lpp_mix"])):
+        spec = cfg["backbones"][key]
+        shapes, source = _shapes(spec, clip_known, from_weights)
+        embed = shapes["text_projection"][1]
+        label = spec.get("model", key)
+        image, text = count(shapes, "visual."), count(shapes, exclude_prefix="visual.")
+        rows += [(f"{label} image tower", image), (f"{label} text tower", text)]
+        notes.append(f"{label}: {image + text:,} from {source}")
+        towers = [f"{label} image tower", f"{label} text tower"]
+        if key in casc["inmap_mix"]:
+            rows.append((f"InMaP proxies on {label} ({n_all}x{embed})", n_all * embed))
+            stages["InMaP"] += towers + [rows[-1][0]]
+        if key in casc["lpp_mix"]:
+            # W (C x D) + bias + per-class alpha; the text weights it also keeps
+            # are the text tower's output, counted with the tower.
+            rows.append((f"LP++ on {label} ({n_seen}x{embed} + 2x{n_seen})", n_seen * embed + 2 * n_seen))
+            stages["LP++"] += towers + [rows[-1][0]]
+    dog = cfg["dog_head"]
+    conv_known = {f"convnextv2_{n}": (lambda n=n: convnext_shapes(n)) for n in CONVNEXT_SIZES}
+    shapes, source = _shapes(dog, conv_known, from_weights)
+    lo, hi = casc["dog_range"]
+    feat = shapes["norm.weight"][0]
+    full = count(shapes)
+    backbone = count(shapes, exclude_prefix="head.")
+    rows.append((f"{dog.get('model', 'ConvNeXt-V2')} backbone (without its {full - backbone:,}-parameter ImageNet head)", backbone))
+    rows.append((f"dog head ({hi - lo + 1}-way, {feat}->{hi - lo + 1})", (feat + 1) * (hi - lo + 1)))
+    notes.append(f"{dog.get('model')}: {full:,} with its ImageNet head, from {source}")
+    stages["dog head"] += [rows[-2][0], rows[-1][0]]
+    return rows, stages, notes
+
+
+def totals(rows, stages):
+    params = dict(rows)
+    loaded = sum(params.values())
+    by_use = sum(params[c] for used in stages.values() for c in used)
+    return loaded, by_use
+
+
+def report(cfg, from_weights=False, limit=None, limit_on=None, out=print):
+    """Print the budget; returns (loaded, by_use, over_limit)."""
+    rows, stages, notes = components(cfg, from_weights)
+    loaded, by_use = totals(rows, stages)
+    limit = int(limit if limit is not None else cfg["budget"]["limit"])
+    limit_on = limit_on or cfg["budget"].get("limit_on", "loaded")
+    width = max(len(c) for c, _ in rows)
+    out("component".ljust(width) + "   parameters   used by")
+    for c, n in rows:
+        users = ", ".join(s for s, used in stages.items() if c in used)
+        out(f"{c.ljust(width)} {n:>12,}   {users}")
+    out("-" * (width + 25))
+    out(f"{'total, loaded (each weight once)'.ljust(width)} {loaded:>12,}")
+    out(f"{'total, by use (once per stage using it)'.ljust(width)} {by_use:>12,}")
+    out(f"{('limit (on ' + limit_on + ')').ljust(width)} {limit:>12,}")
+    for n in notes:
+        out(f"  {n}")
+    checked = {"loaded": [loaded], "by-use": [by_use], "both": [loaded, by_use]}[limit_on]
+    over = any(x > limit for x in checked)
+    out(("OVER the limit" if over else "within the limit") + f" ({limit_on})")
+    return loaded, by_use, over

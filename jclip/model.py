@@ -30,7 +30,7 @@ class Linear(nn.Module):
 
     def execute(self, x):
         lead = x.shape[:-1]
-        y = jt.matmul(x.reshape((-1, x.shape[-1])), self.weight.transpose())
+        y = nn.matmul_transpose(x.reshape((-1, x.shape[-1])), self.weight)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(tuple(lead) + (y.shape[-1],))
@@ -61,7 +61,7 @@ class MultiheadAttention(nn.Module):
 
     def execute(self, x, mask=None):
         b, length, width = x.shape
-        qkv = jt.matmul(x.reshape((-1, width)), self.in_proj_weight.transpose()) + self.in_proj_bias
+        qkv = nn.matmul_transpose(x.reshape((-1, width)), self.in_proj_weight) + self.in_proj_bias
         qkv = qkv.reshape((b, length, 3, self.n_head, width // self.n_head)).permute(2, 0, 3, 1, 4)
         out = attention(qkv[0], qkv[1], qkv[2], mask)
         return self.out_proj(out.permute(0, 2, 1, 3).reshape((b, length, width)))
@@ -115,7 +115,7 @@ class VisionTransformer(nn.Module):
         gh, gw = h // p, w // p
         patches = x.reshape((n, c, gh, p, gw, p)).permute(0, 2, 4, 1, 3, 5).reshape((n * gh * gw, c * p * p))
         weight = self.conv1.weight.reshape((self.conv1.weight.shape[0], -1))
-        return jt.matmul(patches, weight.transpose()).reshape((n, gh * gw, -1))
+        return nn.matmul_transpose(patches, weight).reshape((n, gh * gw, -1))
 
     def execute(self, x):
         x = self.patch_embed(x)

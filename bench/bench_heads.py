@@ -180,7 +180,7 @@ def main():
     compare("LP++ fit (374 cls x 4 shots x 512, val 1,496, 300 epochs)",
             lambda: LPPlusPlus(seed=0).fit(x, y, t, vx, vy),
             lambda: torch_lpp(x, y, t, vx, vy),
-            lambda a, b: f"max |W diff| {np.abs(a.weight - b[0].numpy()).max():.1e}")
+            lambda a, b: f"max abs W diff {np.abs(a.weight - b[0].numpy()).max():.1e}")
     compare("Tip-Adapter fit (cache 1,496, 200x20 grid on val 1,496)",
             lambda: TipAdapter().fit(x, y, t, vx, vy),
             lambda: torch_tip(x, y, t, vx, vy),
@@ -192,7 +192,7 @@ def main():
     compare(f"InMaP fit (4,305 x 403 x 512, {args.inmap_iters} iters, Sinkhorn 20)",
             lambda: InMaP(iters=args.inmap_iters).fit(tx, data["text_all"]),
             lambda: torch_inmap(tx, data["text_all"], iters=args.inmap_iters),
-            lambda a, b: f"max |proxy diff| {np.abs(a.proxies - b.numpy()).max():.1e}")
+            lambda a, b: f"max abs proxy diff {np.abs(a.proxies - b.numpy()).max():.1e}")
 
     print(f"\nMachine: {platform.processor() or platform.machine()}, {threads} threads, "
           f"numpy {np.__version__}, torch {torch.__version__}; float32; best of {args.repeats}\n")

@@ -10,7 +10,16 @@ from jclip.heads import (InMaP, LinearProbe, LPPlusPlus, TipAdapter, TipAdapterF
                          lpp_init_alpha, lpp_init_weights, lpp_lr_alpha, lpp_lr_w,
                          proxy_step, sinkhorn, topk_ids)
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_torch():
+    """The reference computations run in float64; restore torch's default after,
+    so other test files keep float32 references."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def unit(rng, *shape):

@@ -1,0 +1,139 @@
+"""Small PNG line and bar plots drawn with Pillow (no matplotlib dependency).
+
+    line_plot("acc.png", {"CoOp": ([1, 5, 16], [60.1, 70.2, 75.0])},
+              "Accuracy vs shots", "shots", "top-1 (%)")
+    bar_plot("speed.png", ["jittor", "torch"], [1.2, 1.5], "Step time", "s")
+
+Non-finite values are skipped (a line is broken there), so a missing result
+never draws a spike to zero.
+"""
+import math
+import os
+
+from PIL import Image, ImageDraw, ImageFont
+
+WIDTH, HEIGHT = 800, 520
+MARGIN = dict(left=80, right=190, top=50, bottom=60)
+COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+           "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def nice_ticks(lo, hi, count=6):
+    """Round tick values covering [lo, hi] (1, 2, 2.5, 5 x 10^k steps)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = 0.0, 1.0
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / max(1, count - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.floor(lo / step) * step
+    ticks = [round(start, 10)]
+    while ticks[-1] < hi - step * 1e-9 or len(ticks) < 2:
+        ticks.append(round(start + len(ticks) * step, 10))
+    return ticks
+
+
+def _fmt(v):
+    return f"{v:g}" if abs(v) < 1e5 else f"{v:.2g}"
+
+
+class _Canvas:
+    """An image with a plotting box mapping data (x, y) ranges to pixels."""
+
+    def __init__(self, title, xlabel, ylabel, yticks, xrange):
+        self.img = Image.new("RGB", (WIDTH, HEIGHT), "white")
+        self.draw = ImageDraw.Draw(self.img)
+        self.font = ImageFont.load_default()
+        self.x0, self.x1 = MARGIN["left"], WIDTH - MARGIN["right"]
+        self.y0, self.y1 = HEIGHT - MARGIN["bottom"], MARGIN["top"]
+        self.ylo, self.yhi = yticks[0], yticks[-1]
+        self.xlo, self.xhi = xrange
+        d = self.draw
+        d.rectangle([self.x0, self.y1, self.x1, self.y0], outline="black")
+        for t in yticks:
+            py = self.py(t)
+            d.line([self.x0, py, self.x1, py], fill="#e0e0e0")
+            d.line([self.x0 - 4, py, self.x0, py], fill="black")
+            self.text(self.x0 - 8, py, _fmt(t), anchor="rm")
+        self.text((self.x0 + self.x1) / 2, 25, title, anchor="mm")
+        self.text((self.x0 + self.x1) / 2, HEIGHT - 20, xlabel, anchor="mm")
+        self.text(12, self.y1 - 20, ylabel, anchor="lm")
+
+    def text(self, x, y, s, anchor="la", fill="black"):
+        self.draw.text((x, y), str(s), fill=fill, font=self.font, anchor=anchor)
+
+    def px(self, x):
+        return self.x0 + (x - self.xlo) / (self.xhi - self.xlo) * (self.x1 - self.x0)
+
+    def py(self, y):
+        return self.y0 - (y - self.ylo) / (self.yhi - self.ylo) * (self.y0 - self.y1)
+
+    def legend(self, names):
+        for i, name in enumerate(names):
+            y = self.y1 + 10 + 18 * i
+            colour = COLOURS[i % len(COLOURS)]
+            self.draw.line([self.x1 + 12, y, self.x1 + 32, y], fill=colour, width=3)
+            self.text(self.x1 + 38, y, name, anchor="lm")
+
+    def save(self, path):
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        self.img.save(path, format="PNG")
+        return path
+
+
+def _finite(v):
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def line_plot(path, series, title="", xlabel="", ylabel="", log_x=False):
+    """One line with markers per ``series`` entry name -> (xs, ys)."""
+    if not series:
+        raise ValueError("line_plot: no series to draw")
+    fx = (lambda v: math.log10(v)) if log_x else float
+    pts = {n: [(fx(x), float(y)) for x, y in zip(xs, ys) if _finite(x) and _finite(y)
+               and (not log_x or x > 0)] for n, (xs, ys) in series.items()}
+    allx = [p[0] for ps in pts.values() for p in ps] or [0.0, 1.0]
+    ally = [p[1] for ps in pts.values() for p in ps] or [0.0, 1.0]
+    xlo, xhi = min(allx), max(allx)
+    pad = 0.05 * (xhi - xlo) if xhi > xlo else 0.5
+    c = _Canvas(title, xlabel, ylabel, nice_ticks(min(ally), max(ally)), (xlo - pad, xhi + pad))
+    for x in sorted({x for xs, _ in series.values() for x in xs if _finite(x)}):
+        if log_x and x <= 0:
+            continue
+        px = c.px(fx(x))
+        c.draw.line([px, c.y0, px, c.y0 + 4], fill="black")
+        c.text(px, c.y0 + 8, _fmt(x), anchor="mt")
+    for i, (name, _) in enumerate(series.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        xy = [(c.px(x), c.py(y)) for x, y in pts[name]]
+        if len(xy) > 1:
+            c.draw.line(xy, fill=colour, width=2)
+        for x, y in xy:
+            c.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    c.legend(list(series))
+    return c.save(path)
+
+
+def bar_plot(path, labels, values, title="", ylabel=""):
+    """One bar per label, its value written above it."""
+    labels, values = [str(s) for s in labels], [float(v) for v in values]
+    if not labels or len(labels) != len(values):
+        raise ValueError("bar_plot: need as many values as labels (at least one)")
+    shown = [v for v in values if math.isfinite(v)] or [0.0]
+    c = _Canvas(title, "", ylabel, nice_ticks(min(0.0, min(shown)), max(0.0, max(shown))),
+                (0.0, float(len(labels))))
+    base = c.py(max(c.ylo, min(0.0, c.yhi)))
+    for i, (label, v) in enumerate(zip(labels, values)):
+        left, right = c.px(i + 0.15), c.px(i + 0.85)
+        c.text((left + right) / 2, c.y0 + 8, label, anchor="mt")
+        if not math.isfinite(v):
+            continue
+        top = c.py(v)
+        c.draw.rectangle([left, min(top, base), right, max(top, base)], fill=COLOURS[i % len(COLOURS)])
+        c.text((left + right) / 2, min(top, base) - 4, _fmt(round(v, 4)), anchor="mb")
+    return c.save(path)

@@ -159,7 +159,7 @@ class CoOp:
             raise ValueError("the context needs at least one vector")
         self.n_ctx = n_ctx
         k = len(self.class_names) if self.class_specific else 1
-        self.params = OrderedDict(ctx=np.ascontiguousarray(np.broadcast_to(init, (k,) + init.shape)))
+        self.params = OrderedDict(ctx=np.repeat(init[None].astype(np.float32), k, axis=0))
         self._init_extra(rng)
         self.table = PromptTable(model, self.class_names, n_ctx, position)
         self.history_ = []

@@ -1,0 +1,203 @@
+"""The few-shot benchmark: datasets and their errors, reproducible shots,
+CoOp beating zero-shot on a generated dataset, the CLI end to end, plots."""
+import csv
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jclip  # noqa: F401
+from jclip import fewshot
+from jclip.checkpoint import save_state_dict
+from jclip.plot import bar_plot, line_plot, nice_ticks
+from reference import build_reference
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
+           "yellow": (230, 220, 30)}
+
+
+def make_folder(root, per_class=8, seed=0):
+    """root/<colour>/<i>.png: a noisy patch of the class colour on a random
+    background, so a class is a colour signal, not an identical image."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        os.makedirs(root / name, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 256, (40, 40, 3)).astype(np.float64)
+            img[6:34, 6:34] = np.array(rgb) + rng.normal(0, 20, (28, 28, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    _, state = build_reference("tiny-vit", seed=11)
+    path = tmp_path_factory.mktemp("model") / "tiny.pkl"
+    save_state_dict(path, state, {"model": "tiny-vit"})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("colours"))
+
+
+# ------------------------------------------------------------------ datasets
+
+def test_folder_split_is_per_class_and_seeded(colours):
+    a = fewshot.load_dataset(str(colours), test_fraction=0.25)
+    b = fewshot.load_dataset(str(colours), test_fraction=0.25)
+    assert a.class_names == sorted(COLOURS)
+    assert a.test_paths == b.test_paths and not set(a.test_paths) & set(a.train_paths)
+    assert np.bincount(a.test_labels).tolist() == [2, 2, 2, 2]
+    assert np.bincount(a.train_labels).tolist() == [6, 6, 6, 6]
+
+
+def test_lists_with_names_or_integer_labels(colours, tmp_path):
+    ds = fewshot.load_dataset(str(colours))
+    train = tmp_path / "train.txt"
+    train.write_text("".join(f"{os.path.relpath(p, tmp_path)} {os.path.basename(os.path.dirname(p))}\n"
+                             for p in ds.train_paths))
+    test = tmp_path / "test.txt"
+    test.write_text("# comment\n" + "".join(f"{p} {ds.class_names.index(os.path.basename(os.path.dirname(p)))}\n"
+                                            for p in ds.test_paths))
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(ds.class_names) + "\n")
+    from_lists = fewshot.load_dataset(train=str(train), test=str(test), class_names=str(names))
+    assert from_lists.class_names == ds.class_names
+    assert [os.path.abspath(p) for p in from_lists.train_paths] == [os.path.abspath(p) for p in ds.train_paths]
+    np.testing.assert_array_equal(from_lists.test_labels, ds.test_labels)
+    # train and test folders
+    folders = fewshot.load_dataset(train=str(colours), test=str(colours))
+    assert len(folders.train_paths) == len(folders.test_paths) == 32
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda d: dict(data=str(d / "missing")), "no such folder"),
+    (lambda d: dict(data=str(d / "flat")), "no class sub-folders"),
+    (lambda d: dict(data=str(d / "emptyclass")), "without images"),
+    (lambda d: dict(train=str(d / "bad.txt"), test=str(d / "bad.txt")), "expected 'path label'"),
+    (lambda d: dict(train=str(d / "gone.txt"), test=str(d / "gone.txt")), "not found"),
+    (lambda d: dict(data=str(d / "single")), "at least 2"),
+    (lambda d: dict(train=str(d / "single")), "both --train and --test"),
+])
+def test_bad_datasets_say_what_is_wrong(tmp_path, setup, message):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "emptyclass" / "cat").mkdir(parents=True)
+    (tmp_path / "single" / "cat").mkdir(parents=True)
+    (tmp_path / "single" / "cat" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "bad.txt").write_text("onlyonefield\n")
+    (tmp_path / "gone.txt").write_text("nothere.jpg cat\n")
+    with pytest.raises(fewshot.DatasetError, match=message):
+        fewshot.load_dataset(**setup(tmp_path))
+
+
+def test_shots_are_reproducible_nested_and_disjoint_from_validation():
+    labels = np.repeat(np.arange(5), 20)
+    one, _ = fewshot.sample_shots(labels, 1, seed=3)
+    five, val = fewshot.sample_shots(labels, 5, seed=3)
+    again, _ = fewshot.sample_shots(labels, 5, seed=3)
+    other, _ = fewshot.sample_shots(labels, 5, seed=4)
+    np.testing.assert_array_equal(five, again)
+    assert not np.array_equal(five, other)
+    assert set(one) <= set(five) and not set(five) & set(val)
+    assert np.bincount(labels[five]).tolist() == [5] * 5
+    assert np.bincount(labels[val]).tolist() == [4] * 5
+
+
+# ------------------------------------------------------------------ learning
+
+def test_coop_beats_zero_shot_on_generated_colours(colours, tiny_model, tmp_path):
+    ds = fewshot.load_dataset(str(colours))
+    backbone = fewshot.Backbone(tiny_model, str(tmp_path / "cache"), progress=False)
+    train_x, test_x = backbone.images(ds.train_paths), backbone.images(ds.test_paths)
+    text = backbone.text_weights(ds.class_names, "single")
+    zero = fewshot.scores(fewshot.train_method("zeroshot", 0, None, None, [], [], text, 4)(test_x),
+                          ds.test_labels)["top1"]
+    from jclip.prompt_learning import CoOp
+    learner = CoOp(backbone.model, ds.class_names, seed=0)
+    learner.fit(train_x, ds.train_labels, epochs=25, batch_size=8, lr=0.05, progress=False)
+    losses = [h[1] for h in learner.history_]
+    coop = fewshot.scores(learner.logits(test_x), ds.test_labels)["top1"]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert coop > zero + 20, (coop, zero)
+
+
+# ------------------------------------------------------------------ CLI
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def is_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as img:
+        img.verify()
+    return True
+
+
+def test_cli_end_to_end(colours, tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--data", str(colours), "--model", tiny_model, "--shots", "1", "2", "--seeds", "1", "2",
+            "--methods", *fewshot.METHODS, "--coop-epochs", "2", "--cocoop-epochs", "1",
+            "--cocoop-batch-size", "4", "--templates", "single", "--output", str(out),
+            "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert fewshot.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Tip-Adapter-F" in printed and "±" in printed
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == len(fewshot.METHODS) * 2 * 2
+    assert {(r["method"], r["shots"], r["seed"]) for r in rows} == \
+        {(m, s, d) for m in fewshot.METHODS for s in ("1", "2") for d in ("1", "2")}
+    for r in rows:
+        assert 0 <= float(r["top1"]) <= float(r["top5"]) <= 100
+    assert float(next(r for r in rows if r["method"] == "lpp")["top5"]) == 100.0   # 4 classes
+    assert is_png(out / "accuracy.png")
+    saved = sorted(os.listdir(out / "prompts"))
+    assert saved == sorted(f"{m}-{s}shot-seed{d}.npz" for m in ("coop", "cocoop")
+                           for s in (1, 2) for d in (1, 2))
+    # zero-shot does not depend on the shots
+    zs = {float(r["top1"]) for r in rows if r["method"] == "zeroshot"}
+    assert len(zs) == 1
+
+
+def test_cli_base_to_new(colours, tiny_model, tmp_path, capsys):
+    out = tmp_path / "b2n"
+    argv = ["--data", str(colours), "--model", tiny_model, "--shots", "2", "--seeds", "1",
+            "--methods", "zeroshot", "tip_adapter", "coop", "cocoop", "--coop-epochs", "2",
+            "--cocoop-epochs", "1", "--cocoop-batch-size", "4", "--base-to-new",
+            "--output", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert fewshot.main(argv) == 0
+    rows = {r["method"]: r for r in read_rows(out / "results.csv")}
+    assert set(rows) == {"zeroshot", "tip_adapter", "coop", "cocoop"}
+    for m in ("zeroshot", "coop", "cocoop"):
+        b, n = float(rows[m]["base_top1"]), float(rows[m]["new_top1"])
+        assert float(rows[m]["H"]) == pytest.approx(2 * b * n / (b + n) if b + n else 0, abs=1e-3)
+        assert float(rows[m]["new_top5"]) == 100.0          # 2 new classes
+    assert rows["tip_adapter"]["new_top1"] == "nan"
+    assert is_png(out / "accuracy.png")
+
+
+def test_cli_reports_a_bad_folder(tmp_path, capsys):
+    code = fewshot.main(["--data", str(tmp_path / "nope"), "--model", "x.pkl"])
+    assert code == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ plots
+
+def test_plots_are_pngs_and_skip_missing_values(tmp_path):
+    p = line_plot(tmp_path / "l.png", {"a": ([1, 5, 16], [10, float("nan"), 30]),
+                                       "b": ([1, 5, 16], [5, 6, 7])}, "t", "x", "y")
+    assert is_png(p)
+    with Image.open(p) as img:
+        assert img.size == (800, 520) and len(img.getcolors(1 << 16)) > 3
+    assert is_png(bar_plot(tmp_path / "b.png", ["x", "y"], [1.5, -0.5], "t", "s"))
+    with pytest.raises(ValueError):
+        bar_plot(tmp_path / "c.png", ["x"], [1, 2])
+    ticks = nice_ticks(0.1, 99.7)
+    assert ticks[0] <= 0.1 and ticks[-1] >= 99.7 and ticks == [0, 20, 40, 60, 80, 100]

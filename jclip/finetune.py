@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, read_state_dict, save_state_dict, sha256_file
 from .convnext import load_convnextv2
+from .preprocess import imagenet_preprocess, to_rgb
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -100,16 +101,8 @@ def _to_array(img):
 
 
 def eval_transform(img, size=224):
-    """Resize the short side to size/0.875 (bicubic), center-crop size."""
-    scale = int(math.floor(size / CROP_PCT))
-    w, h = img.size
-    if w <= h:
-        nw, nh = scale, int(scale * h / w)
-    else:
-        nw, nh = int(scale * w / h), scale
-    img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    return _to_array(img.crop((left, top, left + size, top + size)))
+    """Resize the short side to size/0.875 (bicubic), center-crop size (timm's eval)."""
+    return imagenet_preprocess(size, CROP_PCT)(img)
 
 
 def train_transform(img, rng, size=224, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -135,7 +128,8 @@ def train_transform(img, rng, size=224, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3))
 
 def _open(path):
     with Image.open(path) as im:
-        return im.convert("RGB")
+        img = to_rgb(im)  # also 16-bit and palette-with-alpha images
+        return img.copy() if img is im else img  # outlive the closed file
 
 
 class ImageLoader:

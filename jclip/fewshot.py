@@ -442,7 +442,11 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"dataset: {ds.describe()}")
-    backbone = Backbone(args.model, args.cache, args.device, args.batch_size, not args.no_progress)
+    try:
+        backbone = Backbone(args.model, args.cache, args.device, args.batch_size, not args.no_progress)
+    except (OSError, ValueError) as e:     # unknown name, missing or foreign weights file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     options = dict(coop_epochs=args.coop_epochs, cocoop_epochs=args.cocoop_epochs,
                    coop_batch_size=args.coop_batch_size, cocoop_batch_size=args.cocoop_batch_size,
                    lr=args.lr, ctx_init=args.ctx_init or None, n_ctx=args.n_ctx,

@@ -182,10 +182,15 @@ def test_cli_base_to_new(colours, tiny_model, tmp_path, capsys):
     assert is_png(out / "accuracy.png")
 
 
-def test_cli_reports_a_bad_folder(tmp_path, capsys):
+def test_cli_reports_a_bad_folder_or_model(tmp_path, capsys):
     code = fewshot.main(["--data", str(tmp_path / "nope"), "--model", "x.pkl"])
     assert code == 2
     assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / "cat" / f"{i}.png")
+    assert fewshot.main(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "x.pkl")]) == 2
+    assert "not a model name" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ plots

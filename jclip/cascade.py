@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -279,20 +278,8 @@ def route(inmap_logits, lpp_logits, unseen_from, dog_range, k):
 
 def write_result(path, rows, folder, num_classes, k):
     """Validate and write result.txt atomically: temp file, check, rename."""
-    text = format_result(rows, num_classes, k)
-    target = os.path.abspath(path)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-result-", dir=os.path.dirname(target))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        check_result(tmp, folder, num_classes, k)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, format_result(rows, num_classes, k),
+                      check=lambda tmp: check_result(tmp, folder, num_classes, k))
 
 
 def test(cfg, images=None, classes=None, result="result.txt"):

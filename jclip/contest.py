@@ -108,14 +108,20 @@ def read_labelled_list(path, num_classes=None):
     return items
 
 
-def atomic_write_text(path, text):
-    """Write ``text`` to a temporary file beside ``path``, then os.replace it."""
+def atomic_write_text(path, text, check=None):
+    """Write ``text`` to a temporary file beside ``path``, then os.replace it.
+
+    ``check(tmp_path)``, when given, validates the written file before the
+    rename; if it raises, the temporary file is removed and ``path`` untouched.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        if check is not None:
+            check(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

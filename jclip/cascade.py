@@ -125,8 +125,9 @@ def encode_files(model, preprocess, paths, spec, cfg, desc):
     return feats, good
 
 
-def text_weights(model, names, spec, cfg):
-    """(C, D) zero-shot class weights from the templates, prompts cached."""
+def text_weights(model, names, spec, cfg, templates=None):
+    """(C, D) zero-shot class weights from the templates (default the
+    configuration's), prompts cached."""
     from .clip import encode_texts, weights_sha256
     from .features import cached_text_encoder
     from .heads import text_classifier_weights
@@ -134,7 +135,7 @@ def text_weights(model, names, spec, cfg):
     if cfg.get("cache_dir"):
         enc = cached_text_encoder(enc, spec["model"], weights_sha256(model), cfg["cache_dir"],
                                   progress=False)
-    return text_classifier_weights(names, enc, cfg["templates"], cfg["domain_suffix"])
+    return text_classifier_weights(names, enc, templates or cfg["templates"], cfg["domain_suffix"])
 
 
 def per_class(items, k):
@@ -264,14 +265,26 @@ def fallback_ids(top1, num_classes, k):
     return order + [i for i in range(num_classes) if i not in order][:k - len(order)]
 
 
-def route(inmap_logits, lpp_logits, unseen_from, dog_range, k):
-    """(ids (N, k), stage per row: 'inmap' | 'lpp' | 'dog' (ids still to fill))."""
+def class_masks(num_inmap, num_lpp, unseen_from, dog_range):
+    """(unseen (num_inmap,), dog (num_lpp,)) boolean masks of the routing rules:
+    InMaP answers when its top-1 is an unseen class, the dog head when LP++'s
+    top-1 is a dog class."""
+    unseen = np.arange(num_inmap) >= int(unseen_from)
+    ids = np.arange(num_lpp)
+    return unseen, (ids >= int(dog_range[0])) & (ids <= int(dog_range[1]))
+
+
+def route(inmap_logits, lpp_logits, unseen, dog, k):
+    """(ids (N, k), stage per row: 'inmap' | 'lpp' | 'dog' (ids still to fill)).
+
+    ``unseen`` and ``dog`` are boolean masks over InMaP's and LP++'s classes
+    (class_masks); LP++ logits of classes it cannot answer may be -inf.
+    """
     from .heads import topk_ids
     top_i = topk_ids(inmap_logits, k)
     top_l = topk_ids(lpp_logits, k)
-    stage = np.where(top_i[:, 0] >= unseen_from, "inmap",
-                     np.where((top_l[:, 0] >= dog_range[0]) & (top_l[:, 0] <= dog_range[1]),
-                              "dog", "lpp")).astype(object)
+    stage = np.where(np.asarray(unseen)[top_i[:, 0]], "inmap",
+                     np.where(np.asarray(dog)[top_l[:, 0]], "dog", "lpp")).astype(object)
     ids = np.where((stage == "inmap")[:, None], top_i, top_l)
     return ids, stage
 
@@ -282,11 +295,95 @@ def write_result(path, rows, folder, num_classes, k):
                       check=lambda tmp: check_result(tmp, folder, num_classes, k))
 
 
+TRAIN_SETTINGS = ("backbones", "templates", "domain_suffix", "lpp", "dog_head")
+
+
+def check_trained_with(cfg, manifest):
+    """The settings that shape the trained heads must be those train.sh used."""
+    trained = manifest.get("config", {})
+    for key in TRAIN_SETTINGS:
+        if key in trained and trained[key] != cfg[key]:
+            raise ContestFormatError(
+                f"{cfg['_path']}: `{key}` differs from the one the heads in {cfg['out_dir']} "
+                f"were trained with ({json.dumps(trained[key])[:80]}); run train.sh with this "
+                f"configuration first")
+
+
+def encode_backbones(cfg, keys, paths, device, name_lists=(), manifest=None, times=None,
+                     templates=None):
+    """Per CLIP backbone: features of ``paths`` and class weights of each name list
+    (with each template set of ``templates``, default the configuration's).
+
+    Each backbone is loaded once and each image decoded and encoded once
+    (feature cache).  With ``manifest``, a backbone that has an LP++ head must
+    be the weights the head was trained with.  Returns (feats {key: (N, D)},
+    readable (N,) mask, texts {key: [(C, D) per name list and template set]}).
+    """
+    from .clip import weights_sha256
+    times = {} if times is None else times
+    feats, texts, good = {}, {}, np.ones(len(paths), bool)
+    for key in keys:
+        spec = cfg["backbones"][key]
+        with step(f"{key}: load {spec['weights']}", times):
+            model, pre = load_backbone(spec, device)
+        if manifest is not None and key in cfg["cascade"]["lpp_mix"]:
+            trained = manifest["backbones"].get(key, {}).get("source_sha256")
+            if trained != weights_sha256(model):
+                raise ContestFormatError(f"{spec['weights']}: not the weights LP++ on {key} was "
+                                         f"trained with (manifest {str(trained)[:12]}...); run train.sh again")
+        with step(f"{key}: encode {len(paths)} images", times):
+            feats[key], ok = encode_files(model, pre, paths, spec, cfg, key)
+            good &= ok
+        if name_lists:
+            sets = templates or [cfg["templates"]]
+            with step(f"{key}: text weights for {' + '.join(str(len(n)) for n in name_lists)} "
+                      f"classes x {len(sets)} template set(s)", times):
+                texts[key] = [text_weights(model, names, spec, cfg, t)
+                              for names in name_lists for t in sets]
+        del model
+        import jittor as jt
+        jt.gc()
+    return feats, good, texts
+
+
+def inmap_head(icfg):
+    from .heads import InMaP
+    return InMaP(lr=icfg["lr"], iters=icfg["iters"], iters_sinkhorn=icfg["iters_sinkhorn"],
+                 tau_t=icfg["tau_t"], tau_i=icfg["tau_i"], alpha=icfg["alpha"], gamma=icfg["gamma"])
+
+
+def inmap_logits(icfg, feats, text):
+    """InMaP fitted transductively on ``feats`` (all the images it will label)."""
+    return inmap_head(icfg).fit(feats, text).logits(feats)
+
+
+def lpp_logits(manifest, key, feats):
+    from .heads import LPPlusPlus
+    return LPPlusPlus().load(manifest["outputs"][f"lpp_{key}"]["path"]).logits(feats)
+
+
+def mixed(logits, mix):
+    """Logits of the backbones in ``mix`` ({key: weight}) summed with those weights."""
+    from .heads import combine
+    return combine([logits[b] for b in mix], list(mix.values()))
+
+
+def load_dog_head(cfg, manifest):
+    from . import finetune
+    return finetune.load_finetuned(cfg["dog_head"]["weights"], manifest["outputs"]["dog_head"]["path"])
+
+
+def dog_topk(cfg, model, paths, k, verbose=True):
+    """{path: top-k ids} from the dog head, for the paths it can read."""
+    from . import finetune
+    kept, top, _ = finetune.predict(model, list(paths), k=k, batch_size=cfg["dog_head"]["batch_size"],
+                                    verbose=verbose)
+    return dict(zip(kept, top))
+
+
 def test(cfg, images=None, classes=None, result="result.txt"):
     import jclip  # noqa: F401
-    from .clip import use_device, weights_sha256
-    from .heads import InMaP, LPPlusPlus, combine
-    from . import finetune
+    from .clip import use_device
 
     times, t_all = {}, time.time()
     casc, k = cfg["cascade"], int(cfg["cascade"]["topk"])
@@ -299,6 +396,7 @@ def test(cfg, images=None, classes=None, result="result.txt"):
         raise ContestFormatError(f"{classes}: its first {n_seen} classes must be the "
                                  f"{len(seen)} training classes of {data_path(cfg, 'classes')}, in order")
     manifest = read_manifest(cfg)
+    check_trained_with(cfg, manifest)
     files = list_test_images(images)
     paths = [os.path.join(images, f) for f in files]
     device = use_device(cfg["device"])
@@ -306,55 +404,24 @@ def test(cfg, images=None, classes=None, result="result.txt"):
           f"({len(names) - n_seen} unseen), device {device}")
 
     backbones = sorted(set(casc["inmap_mix"]) | set(casc["lpp_mix"]))
-    feats, good = {}, np.ones(len(paths), bool)
-    inmap_logits, lpp_logits = {}, {}
-    for key in backbones:
-        spec = cfg["backbones"][key]
-        with step(f"{key}: load {spec['weights']}", times):
-            model, pre = load_backbone(spec, device)
-        trained = manifest["backbones"].get(key, {}).get("source_sha256")
-        if key in casc["lpp_mix"] and trained != weights_sha256(model):
-            raise ContestFormatError(f"{spec['weights']}: not the weights LP++ on {key} was "
-                                     f"trained with (manifest {str(trained)[:12]}...); run train.sh again")
-        with step(f"{key}: encode {len(paths)} test images", times):
-            feats[key], ok = encode_files(model, pre, paths, spec, cfg, key)
-            good &= ok
-        if key in casc["inmap_mix"]:
-            with step(f"{key}: text weights for {len(names)} classes", times):
-                t = text_weights(model, names, spec, cfg)
-            inmap_logits[key] = t   # fitted below, once every backbone has read the files
-        del model
-        import jittor as jt
-        jt.gc()
+    feats, good, texts = encode_backbones(cfg, backbones, paths, device, [names], manifest, times)
     idx = np.flatnonzero(good)
     if idx.size == 0:
         raise ContestFormatError(f"{images}: no test image could be decoded")
-
+    feats = {key: f[idx] for key, f in feats.items()}
     with step(f"InMaP on {idx.size} images x {len(names)} classes", times):
-        icfg = cfg["inmap"]
-        for key, t in inmap_logits.items():
-            head = InMaP(lr=icfg["lr"], iters=icfg["iters"], iters_sinkhorn=icfg["iters_sinkhorn"],
-                         tau_t=icfg["tau_t"], tau_i=icfg["tau_i"], alpha=icfg["alpha"],
-                         gamma=icfg["gamma"]).fit(feats[key][idx], t)
-            inmap_logits[key] = head.logits(feats[key][idx])
-        mix_i = combine([inmap_logits[b] for b in casc["inmap_mix"]], list(casc["inmap_mix"].values()))
+        mix_i = mixed({key: inmap_logits(cfg["inmap"], feats[key], texts[key][0])
+                       for key in casc["inmap_mix"]}, casc["inmap_mix"])
     with step("LP++ on the seen classes", times):
-        for key in casc["lpp_mix"]:
-            info = manifest["outputs"][f"lpp_{key}"]
-            head = LPPlusPlus().load(info["path"])
-            lpp_logits[key] = head.logits(feats[key][idx])
-        mix_l = combine([lpp_logits[b] for b in casc["lpp_mix"]], list(casc["lpp_mix"].values()))
-    ids, stage = route(mix_i, mix_l, n_seen, casc["dog_range"], k)
+        mix_l = mixed({key: lpp_logits(manifest, key, feats[key]) for key in casc["lpp_mix"]},
+                      casc["lpp_mix"])
+    ids, stage = route(mix_i, mix_l, *class_masks(len(names), n_seen, n_seen, casc["dog_range"]), k)
 
     dog_rows = np.flatnonzero(stage == "dog")
     if dog_rows.size:
-        dog = cfg["dog_head"]
         with step(f"dog head on {dog_rows.size} images", times):
-            model = finetune.load_finetuned(dog["weights"], manifest["outputs"]["dog_head"]["path"])
             dog_paths = [paths[idx[i]] for i in dog_rows]
-            kept, top, _ = finetune.predict(model, dog_paths, k=k, batch_size=dog["batch_size"],
-                                            verbose=True)
-            by_path = dict(zip(kept, top))
+            by_path = dog_topk(cfg, load_dog_head(cfg, manifest), dog_paths, k)
             for i, p in zip(dog_rows, dog_paths):
                 if p in by_path:
                     ids[i] = by_path[p]

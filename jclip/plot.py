@@ -1,14 +1,17 @@
-"""Small PNG line and bar plots drawn with Pillow (no matplotlib dependency).
+"""Small PNG line, bar and table plots drawn with Pillow (no matplotlib dependency).
 
     line_plot("acc.png", {"CoOp": ([1, 5, 16], [60.1, 70.2, 75.0])},
               "Accuracy vs shots", "shots", "top-1 (%)")
     bar_plot("speed.png", ["jittor", "torch"], [1.2, 1.5], "Step time", "s")
+    heatmap_plot("routing.png", ["dog", "not dog"], ["LP++", "dog head"],
+                 [[3, 97], [88, 12]], "Routing")
 
 Non-finite values are skipped (a line is broken there), so a missing result
 never draws a spike to zero.
 """
 import math
 import os
+import tempfile
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -77,10 +80,24 @@ class _Canvas:
             self.text(self.x1 + 38, y, name, anchor="lm")
 
     def save(self, path):
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        self.img.save(path, format="PNG")
-        return path
+        return save_png(self.img, path)
+
+
+def save_png(img, path):
+    """Write a PNG to a temporary name beside ``path``, then rename it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def _finite(v):
@@ -137,3 +154,36 @@ def bar_plot(path, labels, values, title="", ylabel=""):
         c.draw.rectangle([left, min(top, base), right, max(top, base)], fill=COLOURS[i % len(COLOURS)])
         c.text((left + right) / 2, min(top, base) - 4, _fmt(round(v, 4)), anchor="mb")
     return c.save(path)
+
+
+def heatmap_plot(path, row_labels, col_labels, counts, title=""):
+    """A table of counts, each cell shaded by its share of its row (white 0,
+    dark blue 1): a confusion table read at a glance."""
+    rows, cols = [str(r) for r in row_labels], [str(c) for c in col_labels]
+    if not rows or not cols or len(counts) != len(rows) or any(len(r) != len(cols) for r in counts):
+        raise ValueError("heatmap_plot: counts must be len(row_labels) x len(col_labels)")
+    font = ImageFont.load_default()
+    cell_w, cell_h = 130, 44
+    left = 30 + max(int(font.getlength(r)) for r in rows)
+    top = 96
+    img = Image.new("RGB", (left + cell_w * len(cols) + 30, top + cell_h * len(rows) + 50), "white")
+    d = ImageDraw.Draw(img)
+    d.text((img.width / 2, 25), str(title), fill="black", font=font, anchor="mm")
+    d.text((left + cell_w * len(cols) / 2, 58), "routed to", fill="black", font=font, anchor="mm")
+    for j, c in enumerate(cols):
+        d.text((left + cell_w * (j + 0.5), top - 10), c, fill="black", font=font, anchor="mb")
+    for i, (r, row) in enumerate(zip(rows, counts)):
+        y = top + cell_h * i
+        d.text((left - 10, y + cell_h / 2), r, fill="black", font=font, anchor="rm")
+        total = sum(float(v) for v in row)
+        for j, v in enumerate(row):
+            share = float(v) / total if total > 0 else 0.0
+            shade = tuple(int(255 - share * (255 - c)) for c in (31, 80, 160))
+            box = [left + cell_w * j, y, left + cell_w * (j + 1), y + cell_h]
+            d.rectangle(box, fill=shade, outline="#888888")
+            ink = "white" if share > 0.55 else "black"
+            label = f"{int(v)}" + (f" ({100 * share:.0f}%)" if total > 0 else "")
+            d.text(((box[0] + box[2]) / 2, y + cell_h / 2), label, fill=ink, font=font, anchor="mm")
+    d.text((10, img.height - 20), "rows: true group; cells: images (share of the row)",
+           fill="#555555", font=font, anchor="lm")
+    return save_png(img, path)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from jclip import budget
-from jclip.cascade import fallback_ids, load_config, route, write_result
+from jclip.cascade import class_masks, fallback_ids, load_config, route, write_result
 from jclip.contest import (ContestFormatError, check_result, domain_ranges, format_result,
                            group_list, list_test_images, natural_key, read_classes,
                            read_labelled_list, scan_trainset, seeded_split)
@@ -149,7 +149,7 @@ def test_routing_rules():
     inmap[1, 2] = inmap[2, 2] = 5
     lpp[1, 1] = 5             # not a dog -> LP++
     lpp[2, 6] = 5             # dog -> dog head
-    ids, stage = route(inmap, lpp, unseen, dogs, 5)
+    ids, stage = route(inmap, lpp, *class_masks(C, unseen, unseen, dogs), 5)
     assert list(stage) == ["inmap", "lpp", "dog"]
     assert ids[0, 0] == 10 and ids[1, 0] == 1 and max(ids[1]) < unseen
 

@@ -258,6 +258,22 @@ def test_inmap_one_proxy_step_and_short_run_match_official():
                                ref.numpy(), atol=1e-5)
 
 
+def test_inmap_snapshots_equal_shorter_runs():
+    """One fit with snapshots serves a sweep over ``iters``: each snapshot is
+    the official loop run for that many steps (lr halving included)."""
+    rng = np.random.default_rng(3)
+    x, t = unit(rng, 80, 12), unit(rng, 5, 12)
+    head = InMaP(iters=40).fit(x, t, snapshots=(10, 25, 40))
+    assert sorted(head.snapshots_) == [10, 25, 40]
+    plabel = torch.from_numpy(sinkhorn(x @ t.T))
+    for n in (10, 25):
+        ref = official_image_opt(torch.from_numpy(x), torch.from_numpy(t).T, plabel, 10.0, n, 0.04, 0.6).T
+        np.testing.assert_allclose(head.snapshots_[n], ref.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(head.snapshots_[40], head.proxies)
+    with pytest.raises(ValueError, match="snapshots"):
+        InMaP(iters=5).fit(x, t, snapshots=(6,))
+
+
 def test_linear_probe_matches_sklearn_optimum():
     from sklearn.linear_model import LogisticRegression
     rng, x, y, _ = small_problem(8, n=60, c=3, d=8)

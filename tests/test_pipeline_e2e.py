@@ -1,4 +1,4 @@
-"""End to end, as a user runs it: process.py, convert.py, train.sh, test.sh, budget.py.
+"""End to end, as a user runs it: process.py, convert.py, train.sh, test.sh, budget.py, val.sh.
 
 A miniature contest dataset in the exact layout, with real class names from
 ../shared/data/jittor4 (every domain, unseen cars in classes_b.txt only),
@@ -27,7 +27,8 @@ REAL = os.path.join(REPO, "..", "shared", "data", "jittor4")
 PY = sys.executable
 # classes per domain in the miniature: dogs >= 5 so the dog head has a top-5
 PER_DOMAIN = {"Animal": 2, "Caltech-101": 2, "Food-101": 2, "Thu-dog": 5, "Stanford-Cars": 3}
-TRAIN_PER_CLASS = 7
+TRAIN_PER_CLASS = 10
+VAL_PER_CLASS = 5      # 2 of them choose epochs (lpp / dog_head val_per_class), 3 are measured
 
 
 def run(*cmd, cwd, ok=True):
@@ -143,11 +144,13 @@ def pipeline(tmp_path_factory):
     cfg["dog_head"].update(model="convnextv2_atto", weights=str(work / "weights" / "cnx.pkl"),
                            epochs=4, batch_size=8, size=32, val_per_class=2)
     cfg["cascade"].update(unseen_from=n_seen, dog_range=[dogs[0], dogs[-1]])
+    cfg["sweep"].update(templates=["imagenet7", "single"], lpp_epochs=[30, 10], inmap_tau_t=[0.01, 0.02],
+                        inmap_tau_i=[0.04], inmap_iters=[25, 50], mix_weights=[0.0, 0.5, 1.0])
     config = work / "cascade.json"
     config.write_text(json.dumps(cfg, indent=1))
     logs = {}
     logs["process"] = run(PY, "process.py", "--root", str(data), "--out", cfg["data"]["lists"],
-                          "--seed", "3", "--val-per-class", "2", cwd=REPO)
+                          "--seed", "3", "--val-per-class", str(VAL_PER_CLASS), cwd=REPO)
     for key, out in (("tiny-vit", "vit"), ("tiny-rn", "rn"), ("convnext", "cnx")):
         run(PY, "convert.py", src[key], "--out", str(work / "weights" / f"{out}.pkl"), cwd=REPO)
     logs["train"] = run("bash", "train.sh", "--config", str(config), cwd=REPO)
@@ -260,3 +263,160 @@ def test_budget_counts_the_configured_models(pipeline):
     low = run(PY, "budget.py", "--config", str(pipeline["config"]), "--limit", str(loaded - 1),
               cwd=REPO, ok=False)
     assert low.returncode == 1 and "OVER the limit" in low.stdout
+
+
+# --------------------------------------------------------------------------
+# val.sh: the validation report and the sweep
+# --------------------------------------------------------------------------
+
+def read_csv(path):
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def validation(pipeline):
+    work, config, dogs = pipeline["work"], str(pipeline["config"]), pipeline["dogs"]
+    logs = {}
+    for name in ("val_report", "val_report2"):
+        logs[name] = run("bash", "val.sh", "report", "--config", config, "--out", str(work / name), cwd=REPO)
+    for name in ("val_sweep", "val_sweep2"):
+        logs[name] = run(PY, "-m", "jclip.validate", "sweep", "--config", config, "--out", str(work / name),
+                         "--write", str(work / f"{name}.json"), cwd=REPO)
+    # a planted routing error: the dog range also covers the two classes below the dogs
+    logs["planted"] = run("bash", "val.sh", "--config", config, "--out", str(work / "val_planted"),
+                          "--set", f"cascade.dog_range=[{dogs[0] - 2},{dogs[-1]}]", cwd=REPO)
+    return dict(work=work, logs=logs, **{k: work / k for k in
+                                         ("val_report", "val_report2", "val_sweep", "val_sweep2", "val_planted")})
+
+
+def expected_validation_images(pipeline):
+    """val.txt minus the first 2 per class (LP++ / dog-head epoch selection)."""
+    lists = pipeline["work"] / "out" / "lists"
+    val = [l.rsplit(" ", 1) for l in (lists / "val.txt").read_text().splitlines()]
+    seen, out = {}, []
+    for path, label in val:
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 2:
+            out.append((path, int(label)))
+    return out
+
+
+def test_report_counts_add_up_to_the_validation_list(pipeline, validation):
+    s = json.loads((validation["val_report"] / "summary.json").read_text())
+    expected = expected_validation_images(pipeline)
+    assert s["images"] + len(s["unreadable"]) == len(expected) > 0
+    assert set(s["unreadable"]) <= {p for p, _ in expected}
+    for setup in ("trained", "simulated"):
+        r = s[setup]
+        assert r["overall"]["n"] == s["images"]
+        assert sum(map(sum, r["routing"]["counts"])) == s["images"]
+        for table in ("per_domain", "per_stage", "per_group"):
+            assert sum(a["n"] for a in r[table].values()) == s["images"], (setup, table)
+    # accuracies recomputed from the per-image predictions
+    preds = read_csv(validation["val_report"] / "predictions.csv")
+    labels = dict(expected)
+    for setup in ("trained", "simulated"):
+        rows = [p for p in preds if p["setup"] == setup]
+        assert sorted(p["path"] for p in rows) == sorted(p for p, _ in expected if p not in s["unreadable"])
+        top1 = np.mean([int(p["top5"].split()[0]) == labels[p["path"]] for p in rows])
+        top5 = np.mean([labels[p["path"]] in map(int, p["top5"].split()) for p in rows])
+        assert s[setup]["overall"]["top1"] == pytest.approx(top1, abs=1e-6)
+        assert s[setup]["overall"]["top5"] == pytest.approx(top5, abs=1e-6)
+        for stage, col in (("inmap", 0), ("lpp", 1), ("dog", 2)):
+            routed = sum(int(p["stage"] == stage) for p in rows)
+            assert routed == sum(row[col] for row in s[setup]["routing"]["counts"])
+    # simulated: held-out classes are non-dog seen classes; InMaP answers only with them
+    held = {pipeline["seen"].index(n) for n in s["held_out_classes"]}
+    assert len(held) == 3 and not held & set(pipeline["dogs"])
+    for p in preds:
+        if p["setup"] == "simulated":
+            top1 = int(p["top5"].split()[0])
+            assert (p["stage"] == "inmap") == (top1 in held) or p["stage"] == "dog", p
+    per_class = read_csv(validation["val_report"] / "per_class.csv")
+    assert sum(int(r["n"]) for r in per_class if r["setup"] == "trained") == s["images"]
+    md = (validation["val_report"] / "report.md").read_text()
+    assert f"{s['images']} held-out images" in md and "## Routing" in md and not s["warnings"]
+
+
+def test_report_and_sweep_plots_are_valid_pngs(validation):
+    from PIL import Image
+    for folder, expected in ((validation["val_report"], {"accuracy_per_domain.png", "routing.png", "mixing_weight.png"}),
+                             (validation["val_sweep"], {"mixing_weight.png", "templates.png", "inmap.png"})):
+        pngs = {f for f in os.listdir(folder) if f.endswith(".png")}
+        assert pngs == expected
+        md = next(folder.glob("*.md")).read_text()
+        for f in pngs:
+            assert f"]({f})" in md
+            with open(folder / f, "rb") as fh:
+                assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+            with Image.open(folder / f) as im:
+                im.verify()
+        assert not [f for f in os.listdir(folder) if f.startswith(".tmp-")]
+
+
+def test_same_seed_reproduces_every_number(validation):
+    for a, b in (("val_report", "val_report2"), ("val_sweep", "val_sweep2")):
+        files = sorted(f for f in os.listdir(validation[a]) if f != "timings.json")
+        assert files == sorted(f for f in os.listdir(validation[b]) if f != "timings.json")
+        for f in files:
+            if f.endswith((".json", ".csv", ".md")) and f != "sweep.json" and f != "sweep.md":
+                assert (validation[a] / f).read_bytes() == (validation[b] / f).read_bytes(), f
+    # the sweep's files differ only in the output path they name
+    one = json.loads((validation["val_sweep"] / "sweep.json").read_text())
+    two = json.loads((validation["val_sweep2"] / "sweep.json").read_text())
+    assert {k: v for k, v in one.items() if k != "written"} == {k: v for k, v in two.items() if k != "written"}
+    assert (validation["work"] / "val_sweep.json").read_bytes() == (validation["work"] / "val_sweep2.json").read_bytes()
+
+
+def test_sweep_writes_the_best_setting_it_tried(pipeline, validation):
+    from jclip.cascade import load_config
+    s = json.loads((validation["val_sweep"] / "sweep.json").read_text())
+    trials = read_csv(validation["val_sweep"] / "trials.csv")
+    assert len(trials) == s["trials"] > 10
+    best = max(float(t["top1"]) for t in trials)
+    assert s["chosen_top1"] == pytest.approx(best, abs=1e-9) and s["chosen_top1"] >= s["baseline_top1"]
+    chosen = {k: str(v) for k, v in s["chosen"].items()}
+    assert any(all(t[k] == v for k, v in chosen.items()) and float(t["top1"]) == best for t in trials)
+    # every candidate of the grid was tried
+    grid = pipeline["cfg"]["sweep"]
+    assert {t["templates"] for t in trials} == set(grid["templates"])
+    assert {int(t["iters"]) for t in trials if t["step"] == "inmap"} == set(grid["inmap_iters"])
+    tuned_path = validation["work"] / "val_sweep.json"
+    tuned = load_config(str(tuned_path))
+    assert tuned["templates"] == s["chosen"]["templates"]
+    assert tuned["lpp"]["epochs"] == s["chosen"]["lpp_epochs"]
+    assert (tuned["inmap"]["tau_t"], tuned["inmap"]["iters"]) == (s["chosen"]["tau_t"], s["chosen"]["iters"])
+    assert list(tuned["cascade"]["lpp_mix"].values())[0] == s["chosen"]["lpp_mix_w"]
+    assert tuned["_tuned"]["top1"] == s["chosen_top1"]
+    # test.sh takes it; heads trained with other templates or epochs are refused
+    r = run("bash", "test.sh", "--config", str(tuned_path), "--result", str(validation["work"] / "tuned.txt"),
+            cwd=REPO, ok=not s["retrain_needed"])
+    if s["retrain_needed"]:
+        assert r.returncode != 0 and "run train.sh" in r.stderr
+    else:
+        assert (validation["work"] / "tuned.txt").is_file()
+
+
+def test_planted_routing_error_shows_in_the_report(pipeline, validation):
+    dogs = pipeline["dogs"]
+    good = json.loads((validation["val_report"] / "summary.json").read_text())
+    bad = json.loads((validation["val_planted"] / "summary.json").read_text())
+    assert any("outside Thu-dog" in w for w in bad["warnings"])
+    assert "## Warnings" in (validation["val_planted"] / "report.md").read_text()
+    assert "warning: cascade.dog_range" in validation["logs"]["planted"].stderr
+    # expected: every image LP++ gave to one of the two planted classes now goes to the dog head
+    planted = {dogs[0] - 2, dogs[0] - 1}
+    preds = [p for p in read_csv(validation["val_report"] / "predictions.csv") if p["setup"] == "trained"]
+    moved = sum(p["stage"] == "lpp" and int(p["top5"].split()[0]) in planted for p in preds)
+    assert moved > 0
+    g, b = good["trained"]["routing"], bad["trained"]["routing"]
+    assert b["rows"] == ["not-dog", "dog"] and b["cols"] == ["InMaP", "LP++", "dog head"]
+    assert b["counts"][0][2] == g["counts"][0][2] + moved          # not-dog images sent to the dog head
+    assert b["counts"][0][1] == g["counts"][0][1] - moved
+    assert b["counts"][1] == g["counts"][1]                          # the dog row is unchanged
+    assert bad["trained"]["per_stage"]["dog head"]["top1"] < good["trained"]["per_stage"]["dog head"]["top1"] or \
+        good["trained"]["per_stage"]["dog head"]["top1"] == 0
+    assert any("not-dog images went to the dog head" in e and not e.startswith("0 ")
+               for e in bad["routing_errors"]["trained"])

@@ -67,13 +67,20 @@ def proxy_step(x, proxies, target_stat, lr, tau_i, prev_grad_norm):
     return proxies, lr, grad_norm
 
 
-def learn_proxies(x, text_weights, plabel, lr=10.0, iters=2000, tau_i=0.04, alpha=0.6):
-    """Vision proxies (C, D) from pseudo labels, starting at the text proxies."""
+def learn_proxies(x, text_weights, plabel, lr=10.0, iters=2000, tau_i=0.04, alpha=0.6,
+                  callback=None):
+    """Vision proxies (C, D) from pseudo labels, starting at the text proxies.
+
+    ``callback(step, proxies)``, when given, sees the proxies after every step
+    (1..iters), e.g. to keep snapshots for a sweep over ``iters``.
+    """
     target_stat = harden(plabel, alpha).T.astype(x.dtype) @ x
     proxies = text_weights.copy()
     grad_norm = np.inf
-    for _ in range(iters):
+    for i in range(iters):
         proxies, lr, grad_norm = proxy_step(x, proxies, target_stat, lr, tau_i, grad_norm)
+        if callback is not None:
+            callback(i + 1, proxies)
     return proxies
 
 
@@ -95,7 +102,13 @@ class InMaP(Head):
         self.class_prior = class_prior
         self.proxies = None
 
-    def fit(self, features, text_weights):
+    def fit(self, features, text_weights, snapshots=()):
+        """Learn the proxies.  ``snapshots``: step counts <= iters whose proxies
+        are kept in ``snapshots_`` {step: (C, D)} (one run serves many ``iters``)."""
+        keep = sorted({int(s) for s in snapshots})
+        if keep and not 1 <= keep[0] <= keep[-1] <= self.iters:
+            raise ValueError(f"snapshots must lie in 1..{self.iters}, got {keep}")
+        self.snapshots_ = {}
         t = as_features(text_weights, "text_weights")
         x = as_features(features, dim=t.shape[1])
         t = t.astype(x.dtype)
@@ -105,8 +118,13 @@ class InMaP(Head):
                               self.iters_sinkhorn, self.class_prior)
         else:
             plabel = softmax(text_logits / self.tau_t, axis=1)
-        self.proxies = learn_proxies(x, t, plabel, self.lr, self.iters,
-                                     self.tau_i, self.alpha)
+        keep = set(keep)
+
+        def snapshot(step, proxies):
+            if step in keep:
+                self.snapshots_[step] = proxies.copy()
+        self.proxies = learn_proxies(x, t, plabel, self.lr, self.iters, self.tau_i,
+                                     self.alpha, snapshot if keep else None)
         return self
 
     def logits(self, features):

@@ -354,7 +354,7 @@ def inmap_head(icfg):
 
 def inmap_logits(icfg, feats, text):
     """InMaP fitted transductively on ``feats`` (all the images it will label)."""
-    return inmap_head(icfg).fit(feats, text).logits(feats)
+    return inmap_head(icfg).fit(feats, text, progress=True).logits(feats)
 
 
 def lpp_logits(manifest, key, feats):

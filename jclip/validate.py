@@ -43,7 +43,7 @@ import time
 import numpy as np
 
 from .cascade import (DEFAULT_CONFIG, check_trained_with, class_masks, data_path, dog_topk,
-                      encode_backbones, inmap_head, load_config, load_dog_head, lpp_logits,
+                      encode_backbones, inmap_head, inmap_logits, load_config, load_dog_head, lpp_logits,
                       mixed, per_class, read_manifest, route, step)
 from .contest import (ContestFormatError, atomic_write_text, domain_of, read_classes,
                       read_labelled_list, sha256_text_file)
@@ -278,7 +278,8 @@ class Simulated:
             icfg = dict(d.cfg["inmap"], tau_t=tau_t, tau_i=tau_i,
                         iters=max([int(iters)] + [int(i) for i in all_iters]))
             snaps = sorted({int(iters)} | {int(i) for i in all_iters})
-            head = inmap_head(icfg).fit(d.x_eval[key], d.text_seen[key][templates], snapshots=snaps)
+            head = inmap_head(icfg).fit(d.x_eval[key], d.text_seen[key][templates], snapshots=snaps,
+                                        progress=True)
             for n, proxies in head.snapshots_.items():
                 got[n] = (d.x_eval[key] @ proxies.T) / head.tau_i
         return got[int(iters)]
@@ -299,8 +300,7 @@ def trained_setup(d):
     names = d.test_names or d.names
     text = d.text_test or {k: d.text_seen[k][d.cfg["templates"]] for k in d.backbones}
     casc = d.cfg["cascade"]
-    inmap = {k: inmap_head(d.cfg["inmap"]).fit(d.x_eval[k], text[k]).logits(d.x_eval[k])
-             for k in casc["inmap_mix"]}
+    inmap = {k: inmap_logits(d.cfg["inmap"], d.x_eval[k], text[k]) for k in casc["inmap_mix"]}
     lpp = {k: lpp_logits(d.manifest, k, d.x_eval[k]) for k in casc["lpp_mix"]}
     unseen, _ = class_masks(len(names), len(d.names), len(d.names), casc["dog_range"])
     return inmap, lpp, unseen

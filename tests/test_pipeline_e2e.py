@@ -420,3 +420,16 @@ def test_planted_routing_error_shows_in_the_report(pipeline, validation):
         good["trained"]["per_stage"]["dog head"]["top1"] == 0
     assert any("not-dog images went to the dog head" in e and not e.startswith("0 ")
                for e in bad["routing_errors"]["trained"])
+
+
+def test_val_sh_refuses_what_the_heads_were_not_trained_with(pipeline, tmp_path):
+    config = str(pipeline["config"])
+    r = run("bash", "val.sh", "--config", config, "--out", str(tmp_path / "r"), "--set", "lpp.epochs=7",
+            cwd=REPO, ok=False)
+    assert r.returncode == 1 and "`lpp` differs" in r.stderr and "run train.sh" in r.stderr
+    other = tmp_path / "lists"
+    run(PY, "process.py", "--root", str(pipeline["data"]), "--out", str(other), "--seed", "4", cwd=REPO)
+    r = run("bash", "val.sh", "sweep", "--config", config, "--out", str(tmp_path / "s"),
+            "--set", f"data.lists={other}", cwd=REPO, ok=False)
+    assert r.returncode == 1 and "not the 4-shot list" in r.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()

@@ -11,6 +11,7 @@ alpha 0.6, gamma 0.  Class weights here are rows (C, D); the official code
 keeps them as columns (D, C) - the same arithmetic.
 """
 import numpy as np
+from tqdm import trange
 
 from .base import Head, as_features, softmax
 
@@ -68,16 +69,17 @@ def proxy_step(x, proxies, target_stat, lr, tau_i, prev_grad_norm):
 
 
 def learn_proxies(x, text_weights, plabel, lr=10.0, iters=2000, tau_i=0.04, alpha=0.6,
-                  callback=None):
+                  callback=None, progress=False):
     """Vision proxies (C, D) from pseudo labels, starting at the text proxies.
 
     ``callback(step, proxies)``, when given, sees the proxies after every step
-    (1..iters), e.g. to keep snapshots for a sweep over ``iters``.
+    (1..iters), e.g. to keep snapshots for a sweep over ``iters``;
+    ``progress`` shows a progress bar (a full run takes minutes on a CPU).
     """
     target_stat = harden(plabel, alpha).T.astype(x.dtype) @ x
     proxies = text_weights.copy()
     grad_norm = np.inf
-    for i in range(iters):
+    for i in trange(iters, desc="InMaP", unit="step", disable=not progress, leave=False):
         proxies, lr, grad_norm = proxy_step(x, proxies, target_stat, lr, tau_i, grad_norm)
         if callback is not None:
             callback(i + 1, proxies)
@@ -102,9 +104,10 @@ class InMaP(Head):
         self.class_prior = class_prior
         self.proxies = None
 
-    def fit(self, features, text_weights, snapshots=()):
+    def fit(self, features, text_weights, snapshots=(), progress=False):
         """Learn the proxies.  ``snapshots``: step counts <= iters whose proxies
-        are kept in ``snapshots_`` {step: (C, D)} (one run serves many ``iters``)."""
+        are kept in ``snapshots_`` {step: (C, D)} (one run serves many ``iters``);
+        ``progress``: show a progress bar."""
         keep = sorted({int(s) for s in snapshots})
         if keep and not 1 <= keep[0] <= keep[-1] <= self.iters:
             raise ValueError(f"snapshots must lie in 1..{self.iters}, got {keep}")
@@ -124,7 +127,7 @@ class InMaP(Head):
             if step in keep:
                 self.snapshots_[step] = proxies.copy()
         self.proxies = learn_proxies(x, t, plabel, self.lr, self.iters, self.tau_i,
-                                     self.alpha, snapshot if keep else None)
+                                     self.alpha, snapshot if keep else None, progress)
         return self
 
     def logits(self, features):

@@ -82,7 +82,7 @@ def main():
     device = "cuda" if jt.flags.use_cuda else "cpu"
     print(f"machine: {platform.processor() or platform.machine()}, {threads} threads, jittor {jt.__version__} "
           f"({device}, oneDNN {'on' if jt.compile_extern.mkl_ops else 'off'}), torch {torch.__version__} (cpu)")
-    print(f"| model | op | jclip /s | torch /s | jclip/torch |\n|---|---|---|---|---|")
+    print("| model | op | jclip /s | torch /s | jclip/torch |\n|---|---|---|---|---|")
     for name in args.models:
         for model, what, ours, theirs, ratio in bench_model(name, args.batch, args.prompts, args.repeats):
             unit = "img" if what == "encode_image" else "prompt"

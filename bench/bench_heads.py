@@ -92,7 +92,6 @@ def torch_tip(keys, labels, t, vx, vy):
 
 
 def torch_tip_f(keys, labels, t, vx, vy, epochs=20, batch=256, seed=0):
-    keys_np = keys
     keys, t, vx, vy = map(torch.from_numpy, (keys, t, vx, vy))
     y = torch.from_numpy(labels)
     values = F.one_hot(y, t.shape[0]).float()

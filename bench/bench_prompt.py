@@ -71,7 +71,7 @@ def jittor_steps(method, batch, classes, steps):
 def torch_steps(method, batch, classes, steps, truncate):
     import torch
     import jclip  # noqa: F401
-    from jclip.tokenizer import _tokenizer, tokenize
+    from jclip.tokenizer import tokenize
     from reference import build_reference
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ref, state = build_reference("ViT-B/32")
@@ -79,7 +79,6 @@ def torch_steps(method, batch, classes, steps, truncate):
     for p in ref.parameters():
         p.requires_grad_(False)
     names = NAMES[:classes]
-    tok = _tokenizer()
     tokens = torch.from_numpy(tokenize(["X X X X " + n + "." for n in names]))
     eot = tokens.argmax(-1)
     length = int(eot.max()) + 1 if truncate else tokens.shape[1]

@@ -14,13 +14,13 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections import OrderedDict
 
 import numpy as np
 
 from . import torch_reader
+from .atomic import atomic_open
 
 META_KEY = "__jclip_meta__"
 FORMAT = "jclip-weights"
@@ -280,25 +280,10 @@ def save_state_dict(path, state_dict, meta, dtype="float32"):
             raise ValueError(f"entry {k!r}: object arrays cannot be saved")
         out[k] = v
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path),
-                               suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 is for secrets
-        with os.fdopen(fd, "wb") as f:
-            w = _HashingWriter(f)
-            _CastingPickler(w, dtype).dump(out)
-            f.write(w.sha1.digest() + _JITTOR_TAG)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, fsync=True) as f:
+        w = _HashingWriter(f)
+        _CastingPickler(w, dtype).dump(out)
+        f.write(w.sha1.digest() + _JITTOR_TAG)
     return meta
 
 

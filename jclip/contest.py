@@ -12,9 +12,10 @@ the same seed gives the same list on any machine and file system.
 import hashlib
 import os
 import re
-import tempfile
 
 import numpy as np
+
+from .atomic import atomic_open
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TRAIN_DIR = "TrainSet"
@@ -109,25 +110,11 @@ def read_labelled_list(path, num_classes=None):
 
 
 def atomic_write_text(path, text, check=None):
-    """Write ``text`` to a temporary file beside ``path``, then os.replace it.
-
-    ``check(tmp_path)``, when given, validates the written file before the
-    rename; if it raises, the temporary file is removed and ``path`` untouched.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        if check is not None:
-            check(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` (UTF-8, \\n line ends) atomically; ``check(tmp_path)``, when
+    given, validates the written file before the rename (if it raises, ``path``
+    is untouched)."""
+    with atomic_open(path, "w", check, encoding="utf-8", newline="\n") as f:
+        f.write(text)
 
 
 def write_labelled_list(path, items):

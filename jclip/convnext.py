@@ -229,7 +229,7 @@ def _unwrap(state_dict):
 def infer_config(state_dict):
     """(size name or None, depths, dims, num_classes) from official-named keys."""
     try:
-        dims = tuple(int(state_dict[f"downsample_layers.0.0.weight"].shape[0])
+        dims = tuple(int(state_dict["downsample_layers.0.0.weight"].shape[0])
                      if i == 0 else
                      int(state_dict[f"downsample_layers.{i}.1.weight"].shape[0])
                      for i in range(4))

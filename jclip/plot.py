@@ -10,10 +10,10 @@ Non-finite values are skipped (a line is broken there), so a missing result
 never draws a spike to zero.
 """
 import math
-import os
-import tempfile
 
 from PIL import Image, ImageDraw, ImageFont
+
+from .atomic import atomic_open
 
 WIDTH, HEIGHT = 800, 520
 MARGIN = dict(left=80, right=190, top=50, bottom=60)
@@ -84,19 +84,9 @@ class _Canvas:
 
 
 def save_png(img, path):
-    """Write a PNG to a temporary name beside ``path``, then rename it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a PNG atomically (temporary name, then rename)."""
+    with atomic_open(path) as f:
+        img.save(f, format="PNG")
     return path
 
 

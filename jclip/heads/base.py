@@ -4,10 +4,10 @@ Heads work on L2-normalised features held in numpy arrays.  They compute in
 the dtype they are given (float32 stays float32 for speed, float64 stays
 float64 for exact checks); any other dtype is converted to float32.
 """
-import os
-import tempfile
 
 import numpy as np
+
+from ..atomic import atomic_open
 
 # How far a row norm may stray from 1 before features count as not normalised
 # (fp16 features that were normalised in fp16 land within ~1e-3).
@@ -97,18 +97,8 @@ def topk_ids(logits, k):
 
 def atomic_save_npz(path, arrays):
     """np.savez to a temporary file beside ``path``, then os.replace it."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
 
 
 class Head:

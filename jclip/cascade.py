@@ -309,19 +309,23 @@ def check_trained_with(cfg, manifest):
                 f"configuration first")
 
 
-def encode_backbones(cfg, keys, paths, device, name_lists=(), manifest=None, times=None,
+def encode_backbones(cfg, keys, path_groups, device, name_lists=(), manifest=None, times=None,
                      templates=None):
-    """Per CLIP backbone: features of ``paths`` and class weights of each name list
-    (with each template set of ``templates``, default the configuration's).
+    """Per CLIP backbone: features of the images in ``path_groups`` (lists of
+    paths, concatenated) and class weights of each name list (with each
+    template set of ``templates``, default the configuration's).
 
-    Each backbone is loaded once and each image decoded and encoded once
-    (feature cache).  With ``manifest``, a backbone that has an LP++ head must
-    be the weights the head was trained with.  Returns (feats {key: (N, D)},
-    readable (N,) mask, texts {key: [(C, D) per name list and template set]}).
+    Each backbone is loaded once and each image decoded and encoded once; the
+    feature cache keeps one file per group, so a group another command
+    encoded before (train.sh's shots) is read back.  With ``manifest``, a
+    backbone that has an LP++ head must be the weights the head was trained
+    with.  Returns (feats {key: (N, D)}, readable (N,) mask, texts {key:
+    [(C, D) per name list and template set]}).
     """
     from .clip import weights_sha256
     times = {} if times is None else times
-    feats, texts, good = {}, {}, np.ones(len(paths), bool)
+    n = sum(len(g) for g in path_groups)
+    feats, texts, good = {}, {}, np.ones(n, bool)
     for key in keys:
         spec = cfg["backbones"][key]
         with step(f"{key}: load {spec['weights']}", times):
@@ -331,9 +335,10 @@ def encode_backbones(cfg, keys, paths, device, name_lists=(), manifest=None, tim
             if trained != weights_sha256(model):
                 raise ContestFormatError(f"{spec['weights']}: not the weights LP++ on {key} was "
                                          f"trained with (manifest {str(trained)[:12]}...); run train.sh again")
-        with step(f"{key}: encode {len(paths)} images", times):
-            feats[key], ok = encode_files(model, pre, paths, spec, cfg, key)
-            good &= ok
+        with step(f"{key}: encode {n} images", times):
+            parts = [encode_files(model, pre, g, spec, cfg, key) for g in path_groups if g]
+            feats[key] = np.concatenate([f for f, _ in parts])
+            good &= np.concatenate([ok for _, ok in parts])
         if name_lists:
             sets = templates or [cfg["templates"]]
             with step(f"{key}: text weights for {' + '.join(str(len(n)) for n in name_lists)} "
@@ -404,7 +409,7 @@ def test(cfg, images=None, classes=None, result="result.txt"):
           f"({len(names) - n_seen} unseen), device {device}")
 
     backbones = sorted(set(casc["inmap_mix"]) | set(casc["lpp_mix"]))
-    feats, good, texts = encode_backbones(cfg, backbones, paths, device, [names], manifest, times)
+    feats, good, texts = encode_backbones(cfg, backbones, [paths], device, [names], manifest, times)
     idx = np.flatnonzero(good)
     if idx.size == 0:
         raise ContestFormatError(f"{images}: no test image could be decoded")

@@ -159,12 +159,13 @@ def load_data(cfg, holdout=None, seed=1, per_class_limit=None, templates=None):
     d.template_sets = list(dict.fromkeys([cfg["templates"]] + list(templates or [])))
     name_lists = [d.names] + ([d.test_names] if d.test_names else [])
     everything = shots + lpp_sel + items
-    paths = [os.path.join(d.root, p) for p, _ in everything]
+    # shots + selection: the very list train.sh encoded, so the feature cache has it
+    groups = [[os.path.join(d.root, p) for p, _ in part] for part in (shots + lpp_sel, items)]
     device = use_device(cfg["device"])
     print(f"validation: {len(items)} images of {len({y for _, y in items})} classes "
           f"({len(val)} in {val_path}, {len(used & {p for p, _ in val})} used by train.sh); "
           f"{len(d.holdout)} classes held out as unseen (seed {d.seed}); device {device}", flush=True)
-    feats, good, texts = encode_backbones(cfg, d.backbones, paths, device, name_lists,
+    feats, good, texts = encode_backbones(cfg, d.backbones, groups, device, name_lists,
                                           d.manifest, d.times, d.template_sets)
     n_s, n_l = len(shots), len(lpp_sel)
     parts = {"shots": slice(0, n_s), "sel": slice(n_s, n_s + n_l), "eval": slice(n_s + n_l, None)}

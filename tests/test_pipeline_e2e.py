@@ -336,6 +336,10 @@ def test_report_counts_add_up_to_the_validation_list(pipeline, validation):
             assert (p["stage"] == "inmap") == (top1 in held) or p["stage"] == "dog", p
     per_class = read_csv(validation["val_report"] / "per_class.csv")
     assert sum(int(r["n"]) for r in per_class if r["setup"] == "trained") == s["images"]
+    # the shots' features come from train.sh's cache: one new cache file per backbone
+    cache = pipeline["work"] / "cache"
+    for model in ("tiny-vit", "tiny-rn"):
+        assert len(list(cache.glob(f"images-{model}-*.npz"))) == 3      # train, test, validation
     md = (validation["val_report"] / "report.md").read_text()
     assert f"{s['images']} held-out images" in md and "## Routing" in md and not s["warnings"]
 

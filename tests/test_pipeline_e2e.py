@@ -277,15 +277,17 @@ def read_csv(path):
 
 @pytest.fixture(scope="module")
 def validation(pipeline):
-    work, config, dogs = pipeline["work"], str(pipeline["config"]), pipeline["dogs"]
+    work, dogs = pipeline["work"], pipeline["dogs"]
+    # no test image is read: the test folder the configuration names does not exist
+    config = ["--config", str(pipeline["config"]), "--set", f"data.test_images={work / 'no-such-folder'}"]
     logs = {}
     for name in ("val_report", "val_report2"):
-        logs[name] = run("bash", "val.sh", "report", "--config", config, "--out", str(work / name), cwd=REPO)
+        logs[name] = run("bash", "val.sh", "report", *config, "--out", str(work / name), cwd=REPO)
     for name in ("val_sweep", "val_sweep2"):
-        logs[name] = run(PY, "-m", "jclip.validate", "sweep", "--config", config, "--out", str(work / name),
+        logs[name] = run(PY, "-m", "jclip.validate", "sweep", *config, "--out", str(work / name),
                          "--write", str(work / f"{name}.json"), cwd=REPO)
     # a planted routing error: the dog range also covers the two classes below the dogs
-    logs["planted"] = run("bash", "val.sh", "--config", config, "--out", str(work / "val_planted"),
+    logs["planted"] = run("bash", "val.sh", *config, "--out", str(work / "val_planted"),
                           "--set", f"cascade.dog_range=[{dogs[0] - 2},{dogs[-1]}]", cwd=REPO)
     return dict(work=work, logs=logs, **{k: work / k for k in
                                          ("val_report", "val_report2", "val_sweep", "val_sweep2", "val_planted")})
@@ -395,7 +397,7 @@ def test_sweep_writes_the_best_setting_it_tried(pipeline, validation):
     assert list(tuned["cascade"]["lpp_mix"].values())[0] == s["chosen"]["lpp_mix_w"]
     assert tuned["_tuned"]["top1"] == s["chosen_top1"]
     # test.sh takes it; heads trained with other templates or epochs are refused
-    r = run("bash", "test.sh", "--config", str(tuned_path), "--result", str(validation["work"] / "tuned.txt"),
+    r = run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(tuned_path), "--result", str(validation["work"] / "tuned.txt"),
             cwd=REPO, ok=not s["retrain_needed"])
     if s["retrain_needed"]:
         assert r.returncode != 0 and "run train.sh" in r.stderr

@@ -45,8 +45,8 @@ def bench_model(name, batch, n_prompts, repeats):
     timg, ttok = torch.from_numpy(images), torch.from_numpy(tokens)
 
     def jt_image():
-        with jt.no_grad():
-            model.encode_image(images).sync()
+        # the public batched call: on CPU it slices conv towers (jclip/batching.py)
+        jclip.encode_images(model, images, batch_size=batch)
         jt.sync_all()
 
     def jt_text():

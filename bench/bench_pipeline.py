@@ -90,7 +90,8 @@ def main():
 
     for name, key in (("ViT-B/32", "vit"), ("RN101", "rn")):
         model, pre = jclip.load(weights[name], device=device)
-        encode_files(model, pre, paths[:cfg["batch_size"]], {"model": name}, cfg, "warm-up")  # compile
+        # compile every shape the timed run meets, the last partial batch included
+        encode_files(model, pre, paths, {"model": name}, cfg, "warm-up")
         t0 = time.perf_counter()
         feats[key], _ = encode_files(model, pre, paths, {"model": name}, cfg, name)
         record(f"encode {name}", len(paths), time.perf_counter() - t0, f"batch {cfg['batch_size']}")
@@ -126,7 +127,7 @@ def main():
     model = load_convnextv2(weights["convnext"], num_classes=130)
     model.offset, model.image_size = 244, 224
     bs = cfg["dog_head"]["batch_size"]
-    finetune.predict(model, paths[:bs], batch_size=bs, verbose=False)   # compile
+    finetune.predict(model, paths, batch_size=bs, verbose=False)   # compile every shape
     t0 = time.perf_counter()
     finetune.predict(model, paths, batch_size=bs, verbose=False)
     record("dog head ConvNeXt-V2-B", len(paths), time.perf_counter() - t0, f"batch {bs}")

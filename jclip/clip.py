@@ -5,6 +5,7 @@ import numpy as np
 import jittor as jt
 from tqdm import tqdm
 
+from .batching import run_in_slices
 from .checkpoint import read_state_dict, sha256_file
 from .download import OPENAI_URLS, output_filename
 from .model import build_model, normalize
@@ -77,12 +78,18 @@ def weights_sha256(model):
     return model._weights_sha256
 
 
+def _encode(model, batch):
+    """Normalised image features of one batch, sliced on CPU for conv towers."""
+    return run_in_slices(lambda x: normalize(model.encode_image(x)), batch,
+                         getattr(model.visual, "cpu_batch", None))
+
+
 def encode_images(model, images, batch_size=64):
     """L2-normalised features of a preprocessed (N, 3, S, S) array, in batches."""
     out = []
     with jt.no_grad():
         for start in range(0, len(images), batch_size):
-            out.append(normalize(model.encode_image(images[start:start + batch_size])).numpy())
+            out.append(_encode(model, images[start:start + batch_size]))
             jt.gc()
     return np.concatenate(out) if out else np.zeros((0, model.text_projection.shape[1]), np.float32)
 
@@ -101,7 +108,7 @@ def encode_image_files(model, paths, preprocess, batch_size=64, workers=None, st
     with jt.no_grad():
         for idx, batch, errs in iter_batches(paths, preprocess, batch_size, workers, strict):
             if len(idx):
-                feats.append(normalize(model.encode_image(batch)).numpy())
+                feats.append(_encode(model, batch))
                 jt.gc()
             ok += idx
             errors += errs

@@ -144,6 +144,8 @@ class Block(nn.Module):
 # --------------------------------------------------------------------------
 
 class ConvNeXtV2(nn.Module):
+    cpu_batch = 8   # images per forward on CPU (see jclip/batching.py)
+
     def __init__(self, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024),
                  num_classes=1000, drop_path_rate=0.0, in_chans=3):
         self.depths, self.dims = tuple(depths), tuple(dims)

@@ -33,6 +33,7 @@ import jittor as jt
 from jittor import nn
 from tqdm import tqdm
 
+from .batching import run_in_slices
 from .checkpoint import CheckpointError, read_state_dict, save_state_dict, sha256_file
 from .convnext import load_convnextv2
 from .preprocess import imagenet_preprocess, to_rgb
@@ -234,7 +235,7 @@ def _features(model, loader, paths, size, batch_size, desc):
     with jt.no_grad():
         for x, idx in loader.batches(paths, batch_size,
                                      lambda im: eval_transform(im, size), desc=desc):
-            feats.append(trunk(model, jt.array(x), 0).numpy())
+            feats.append(run_in_slices(lambda v: trunk(model, jt.array(v), 0), x, model.cpu_batch))
             kept.append(idx)
     if not feats:
         raise ValueError("no readable images")
@@ -383,7 +384,7 @@ def _predict_logits(model, loader, paths, size, batch_size, desc=None):
     with jt.no_grad():
         for x, idx in loader.batches(paths, batch_size,
                                      lambda im: eval_transform(im, size), desc=desc):
-            out.append(model(jt.array(x)).numpy())
+            out.append(run_in_slices(lambda v: model(jt.array(v)), x, model.cpu_batch))
             kept.append(idx)
     if not out:
         raise ValueError("no readable images")

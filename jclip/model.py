@@ -180,6 +180,7 @@ class AttentionPool2d(nn.Module):
 
 class ModifiedResNet(nn.Module):
     """OpenAI's ResNet: 3-conv stem + avgpool, anti-aliased strides, attention pooling."""
+    cpu_batch = 16   # images per forward on CPU (see jclip/batching.py)
 
     def __init__(self, layers, output_dim, heads, input_resolution=224, width=64):
         self.input_resolution = input_resolution

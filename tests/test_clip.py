@@ -61,6 +61,20 @@ def test_full_size_parity(name):
     assert n_params == {"ViT-B/32": 151_277_313, "RN101": 119_688_033}[name]
 
 
+def test_cpu_slices_match_the_reference():
+    # On CPU conv towers run in slices of cpu_batch (jclip/batching.py); a batch
+    # that does not divide evenly still gives the reference's features, in order.
+    ref, state = build_reference("tiny-rn")
+    model = jclip.build_model(state)
+    assert model.visual.cpu_batch == 16
+    model.visual.cpu_batch = 3
+    images = np.random.default_rng(2).standard_normal((11, 3, 64, 64)).astype(np.float32)
+    ref_img, _ = reference_features(ref, images, jclip.tokenize(["a"]))
+    ours = jclip.encode_images(model, images, batch_size=8)   # slices 3+3+2, then 3
+    assert ours.shape == ref_img.shape
+    assert np.abs(ours - ref_img).max() <= 1e-4
+
+
 def test_batchnorm_statistics_matter():
     # Eval-mode BN must use the running statistics: changing them changes features.
     _, state = build_reference("tiny-rn")

@@ -38,7 +38,6 @@ def make_images(folder, n):
 
 def make_weights(folder):
     """Random full-size weights in jclip's format (made once, reused)."""
-    import numpy as np
     from jclip.checkpoint import save_state_dict
     os.makedirs(folder, exist_ok=True)
     out = {}

@@ -397,8 +397,8 @@ def test_sweep_writes_the_best_setting_it_tried(pipeline, validation):
     assert list(tuned["cascade"]["lpp_mix"].values())[0] == s["chosen"]["lpp_mix_w"]
     assert tuned["_tuned"]["top1"] == s["chosen_top1"]
     # test.sh takes it; heads trained with other templates or epochs are refused
-    r = run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(tuned_path), "--result", str(validation["work"] / "tuned.txt"),
-            cwd=REPO, ok=not s["retrain_needed"])
+    r = run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(tuned_path),
+            "--result", str(validation["work"] / "tuned.txt"), cwd=REPO, ok=not s["retrain_needed"])
     if s["retrain_needed"]:
         assert r.returncode != 0 and "run train.sh" in r.stderr
     else:

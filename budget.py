@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Parameter budget of the configuration test.sh uses.
 
-    python budget.py [--config configs/cascade.json] [--limit 500000000]
+    python budget.py [--config jclip/pipeline/default.json] [--limit 500000000]
                      [--limit-on loaded|by-use|both] [--from-weights]
 
 Prints each component's parameters, the totals by loaded weights and by use,
@@ -11,9 +11,9 @@ their shapes (no weights needed); --from-weights reads the weights files.
 import argparse
 import sys
 
-from jclip.budget import report
-from jclip.cascade import DEFAULT_CONFIG, load_config
-from jclip.contest import ContestFormatError
+from jclip.pipeline.budget import report
+from jclip.pipeline.cascade import DEFAULT_CONFIG, load_config
+from jclip.data.contest import ContestFormatError
 
 
 def main(argv=None):

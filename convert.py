@@ -9,10 +9,9 @@ import argparse
 import os
 import sys
 
-from jclip.checkpoint import (CheckpointError, convert_checkpoint,
-                              is_up_to_date, read_meta, sha256_file,
-                              sniff_format)
-from jclip import download as dl
+from jclip.weights.checkpoint import CheckpointError, convert_checkpoint, is_up_to_date, read_meta, sniff_format
+from jclip.io import sha256_file
+from jclip.weights import download as dl
 
 
 def _dtype(args):

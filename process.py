@@ -19,9 +19,8 @@ import time
 
 from PIL import Image
 
-from jclip.contest import (ContestFormatError, atomic_write_text, check_root, group_list,
-                           read_classes, read_labelled_list, scan_trainset, seeded_split,
-                           sha256_text_file, write_labelled_list)
+from jclip.data.contest import ContestFormatError, check_root, group_list, read_classes, read_labelled_list, scan_trainset, seeded_split, write_labelled_list
+from jclip.io import atomic_write_text, sha256_file
 
 
 def decode_error(root):
@@ -87,8 +86,8 @@ def main(argv=None):
                 "source": source, "shots_list": a.shots_list, "shots": a.shots,
                 "seed": a.seed, "val_per_class": a.val_per_class,
                 "num_shots": len(picked), "num_val": len(val),
-                "train_4shot_sha256": sha256_text_file(shots_path),
-                "val_sha256": sha256_text_file(val_path), **report}
+                "train_4shot_sha256": sha256_file(shots_path),
+                "val_sha256": sha256_file(val_path), **report}
         atomic_write_text(os.path.join(a.out, "split.json"), json.dumps(info, indent=1) + "\n")
     except (ContestFormatError, OSError) as e:
         sys.exit(f"error: {e}")

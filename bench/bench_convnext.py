@@ -47,7 +47,7 @@ def main():
     import jittor as jt
     import timm
     import torch
-    from jclip.convnext import load_convnextv2, timm_to_official
+    from jclip.models.convnext import load_convnextv2, timm_to_official
 
     torch.set_num_threads(a.threads)
     tb = a.train_batch or a.batch

@@ -38,7 +38,7 @@ def make_images(folder, n):
 
 def make_weights(folder):
     """Random full-size weights in jclip's format (made once, reused)."""
-    from jclip.checkpoint import save_state_dict
+    from jclip.weights.checkpoint import save_state_dict
     os.makedirs(folder, exist_ok=True)
     out = {}
     for name, fn in (("ViT-B/32", "vit.pkl"), ("RN101", "rn.pkl")):
@@ -50,7 +50,7 @@ def make_weights(folder):
     out["convnext"] = os.path.join(folder, "convnextv2_base.pkl")
     if not os.path.isfile(out["convnext"]):
         import timm
-        from jclip.convnext import timm_to_official
+        from jclip.models.convnext import timm_to_official
         sd = timm.create_model("convnextv2_base", pretrained=False).state_dict()
         save_state_dict(out["convnext"], timm_to_official({k: v.numpy() for k, v in sd.items()}),
                         {"model": "convnextv2_base"})
@@ -69,12 +69,12 @@ def main():
     import numpy as np
     import jclip
     import jittor as jt
-    from jclip.cascade import encode_files, load_config
-    from jclip.clip import use_device
+    from jclip.pipeline.cascade import encode_files, load_config
+    from jclip.models.load import use_device
     from jclip.heads import InMaP, LPPlusPlus, l2_normalize
-    from jclip.preprocess import imagenet_preprocess, read_image
-    from jclip import finetune
-    from jclip.convnext import load_convnextv2
+    from jclip.data.images import imagenet_preprocess, read_image
+    from jclip.finetune import train as finetune
+    from jclip.models.convnext import load_convnextv2
 
     cfg = load_config(None, ["cache_dir=null"])
     device = use_device(a.device)

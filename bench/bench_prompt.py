@@ -53,8 +53,8 @@ def features(batch, dim, seed=0):
 
 def jittor_steps(method, batch, classes, steps):
     import jclip  # noqa: F401  (before jittor)
-    from jclip.model import build_model
-    from jclip.prompt_learning import CoCoOp, CoOp
+    from jclip.models.clip import build_model
+    from jclip.heads.prompt_learning import CoCoOp, CoOp
     from reference import build_reference
     _, state = build_reference("ViT-B/32")
     model = build_model(state)
@@ -71,7 +71,7 @@ def jittor_steps(method, batch, classes, steps):
 def torch_steps(method, batch, classes, steps, truncate):
     import torch
     import jclip  # noqa: F401
-    from jclip.tokenizer import tokenize
+    from jclip.models.tokenizer import tokenize
     from reference import build_reference
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ref, state = build_reference("ViT-B/32")

@@ -8,7 +8,7 @@ torch-free converter and the numpy heads start instantly.
     model, preprocess = jclip.load("ViT-B/32")
     tokens = jclip.tokenize(["a photo of a dog."])
 """
-from ._jittor_env import configure as _configure
+from .jittor_env import configure as _configure
 
 _configure()
 
@@ -16,11 +16,13 @@ __version__ = "0.1.0"
 
 # name -> submodule; resolved on first use (PEP 562) so `import jclip` is cheap.
 _LAZY = {
-    "available_models": "clip", "load": "clip", "use_device": "clip", "weights_sha256": "clip",
-    "encode_images": "clip", "encode_image_files": "clip", "encode_texts": "clip",
-    "build_model": "model", "CLIP": "model",
-    "tokenize": "tokenizer",
-    "Preprocess": "preprocess", "load_images": "preprocess",
+    "available_models": "models.load", "load": "models.load", "use_device": "models.load",
+    "weights_sha256": "models.load",
+    "encode_images": "features.encode", "encode_image_files": "features.encode",
+    "encode_texts": "features.encode",
+    "build_model": "models.clip", "CLIP": "models.clip",
+    "tokenize": "models.tokenizer",
+    "Preprocess": "data.images", "load_images": "data.images",
 }
 __all__ = sorted(_LAZY)
 

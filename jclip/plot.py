@@ -13,7 +13,7 @@ import math
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_open
+from .io import atomic_open
 
 WIDTH, HEIGHT = 800, 520
 MARGIN = dict(left=80, right=190, top=50, bottom=60)

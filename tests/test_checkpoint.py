@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import jclip  # noqa: F401  (before jittor/torch: safe Jittor defaults)
-from jclip.checkpoint import (CheckpointError, META_KEY, convert_checkpoint,
-                              prepare_state_dict, read_state_dict,
-                              save_state_dict, sha256_file)
+from jclip.weights.checkpoint import CheckpointError, META_KEY, convert_checkpoint, prepare_state_dict, read_state_dict, save_state_dict
+from jclip.io import sha256_file
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -186,7 +185,7 @@ def test_save_half(tmp_path):
 
 
 def test_save_failure_leaves_nothing(tmp_path, monkeypatch):
-    from jclip import checkpoint
+    from jclip.weights import checkpoint
     real_write, written = checkpoint._HashingWriter.write, []
 
     def disk_fills_up(self, b):
@@ -349,7 +348,7 @@ def test_convert_records_source(tmp_path, vit_archive):
 # ---------------------------------------------------------------- ConvNeXt
 
 def _jclip_convnext_atto_shapes():
-    convnext = pytest.importorskip("jclip.convnext")
+    convnext = pytest.importorskip("jclip.models.convnext")
     model = convnext.convnextv2("atto")
     # Shapes only: .numpy() would run every initialiser (slow on CPU).
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 import jclip
-from jclip.checkpoint import save_state_dict
-from jclip.model import normalize
+from jclip.weights.checkpoint import save_state_dict
+from jclip.models.clip import normalize
+import jclip.data.images  # noqa: E402
 from reference import build_reference, reference_features
 
 import jittor as jt
@@ -159,7 +160,7 @@ def test_import_without_gpu_or_internet(tmp_path):
 
 def test_jclip_never_imports_torch():
     code = ("import sys; sys.modules['torch'] = None; import jclip, numpy as np; "
-            "jclip.tokenize('a'); import jclip.clip, jclip.model, jclip.preprocess; print('ok')")
+            "jclip.tokenize('a'); import jclip.models.load, jclip.models.clip, jclip.data.images, jclip.features.encode, jclip.weights.checkpoint; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
@@ -194,8 +195,8 @@ def _photos():
 def test_preprocess_matches_reference_on_photos():
     from torchvision import transforms as T
     ref = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
-                     lambda im: im.convert("RGB"), T.ToTensor(), T.Normalize(jclip.preprocess.CLIP_MEAN,
-                                                                              jclip.preprocess.CLIP_STD)])
+                     lambda im: im.convert("RGB"), T.ToTensor(), T.Normalize(jclip.data.images.CLIP_MEAN,
+                                                                              jclip.data.images.CLIP_STD)])
     pre = jclip.Preprocess(224)
     for img in _photos():
         ours = pre(img)
@@ -232,17 +233,17 @@ def test_loader_reports_bad_files(tmp_path):
     assert [p for p, _ in errors] == [paths[2], paths[-1]]
     assert "bad.jpg" in errors[0][1]
     np.testing.assert_array_equal(batch[2], pre(Image.open(paths[3])))
-    with pytest.raises(jclip.preprocess.ImageLoadError, match="bad.jpg"):
+    with pytest.raises(jclip.data.images.ImageLoadError, match="bad.jpg"):
         jclip.load_images(paths, pre, strict=True)
     seen = []
-    for idx, b, errs in jclip.preprocess.iter_batches(paths, pre, batch_size=3):
+    for idx, b, errs in jclip.data.images.iter_batches(paths, pre, batch_size=3):
         seen += idx
         assert len(b) == len(idx)
     assert seen == [0, 1, 3, 4, 5]
 
 
 def test_onednn_layout_and_fallback(tmp_path, monkeypatch):
-    from jclip import _jittor_env as env
+    from jclip import jittor_env as env
     inc, lib = tmp_path / "include", tmp_path / "lib"
     inc.mkdir(); lib.mkdir()
     (inc / "dnnl.hpp").write_text("")

@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jclip import budget
-from jclip.cascade import class_masks, fallback_ids, load_config, route, write_result
-from jclip.contest import (ContestFormatError, check_result, domain_ranges, format_result,
-                           group_list, list_test_images, natural_key, read_classes,
-                           read_labelled_list, scan_trainset, seeded_split)
+from jclip.pipeline import budget
+from jclip.pipeline.cascade import class_masks, fallback_ids, load_config, route, write_result
+from jclip.data.contest import ContestFormatError, check_result, domain_ranges, format_result, group_list, list_test_images, natural_key, read_classes, read_labelled_list, scan_trainset, seeded_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.path.join(REPO, "..", "shared", "data", "jittor4")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import jclip  # noqa: F401
-from jclip.checkpoint import prepare_state_dict, read_state_dict, \
+from jclip.weights.checkpoint import prepare_state_dict, read_state_dict, \
     save_state_dict
-from jclip.download import URLS_ENV, output_filename
+from jclip.weights.download import URLS_ENV, output_filename
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")

@@ -5,8 +5,7 @@ import pytest
 import jclip  # noqa: F401  (must precede jittor)
 import jittor as jt
 
-from jclip.convnext import (CONFIGS, convnextv2, count_parameters, infer_config,
-                            load_convnextv2, load_state_dict, timm_to_official)
+from jclip.models.convnext import CONFIGS, convnextv2, count_parameters, infer_config, load_convnextv2, load_state_dict, timm_to_official
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")

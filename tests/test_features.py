@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jclip  # noqa: F401
-from jclip.features import cached_text_encoder, encode_images_cached, encode_texts_cached
+from jclip.features.cache import cached_text_encoder, encode_images_cached, encode_texts_cached
 from jclip.heads import text_classifier_weights
 
 

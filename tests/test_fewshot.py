@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 import jclip  # noqa: F401
-from jclip import fewshot
-from jclip.checkpoint import save_state_dict
+from jclip.fewshot import study as fewshot
+from jclip.weights.checkpoint import save_state_dict
 from jclip.plot import bar_plot, line_plot, nice_ticks
 from reference import build_reference
 
@@ -116,7 +116,7 @@ def test_coop_beats_zero_shot_on_generated_colours(colours, tiny_model, tmp_path
     text = backbone.text_weights(ds.class_names, "single")
     zero = fewshot.scores(fewshot.train_method("zeroshot", 0, None, None, [], [], text, 4)(test_x),
                           ds.test_labels)["top1"]
-    from jclip.prompt_learning import CoOp
+    from jclip.heads.prompt_learning import CoOp
     learner = CoOp(backbone.model, ds.class_names, seed=0)
     learner.fit(train_x, ds.train_labels, epochs=25, batch_size=8, lr=0.05, progress=False)
     losses = [h[1] for h in learner.history_]

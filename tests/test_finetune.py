@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 import jclip  # noqa: F401  (must precede jittor)
-from jclip.checkpoint import CheckpointError, save_state_dict
-from jclip.convnext import convnextv2
-from jclip import finetune as ft
+from jclip.weights.checkpoint import CheckpointError, save_state_dict
+from jclip.models.convnext import convnextv2
+from jclip.finetune import train as ft
 
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 220, 40)]
 OFFSET = 10  # contest ids 10..13 -> 0..3

@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from reference import build_reference  # noqa: E402
-from jclip.cascade import fallback_ids  # noqa: E402
-from jclip.contest import natural_key, read_classes  # noqa: E402
+from jclip.pipeline.cascade import fallback_ids  # noqa: E402
+from jclip.data.contest import natural_key, read_classes  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.path.join(REPO, "..", "shared", "data", "jittor4")
@@ -111,7 +111,7 @@ def make_checkpoints(folder):
     torch.manual_seed(0)
     sd = timm.create_model("convnextv2_atto", pretrained=False).state_dict()
     # the official release names (stages.s.b.dwconv ...), as in convnextv2_*_1k_224_ema.pt
-    from jclip.checkpoint import prepare_state_dict
+    from jclip.weights.checkpoint import prepare_state_dict
     _, official = prepare_state_dict({k: v.numpy() for k, v in sd.items()}, "timm")
     paths["convnext"] = os.path.join(folder, "convnextv2_atto_1k_224_ema.pt")
     torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in official.items()}},
@@ -131,7 +131,7 @@ def pipeline(tmp_path_factory):
     ckpt.mkdir()
     src, counts = make_checkpoints(str(ckpt))
     n_seen, dogs = len(seen), [i for i, c in enumerate(seen) if c.startswith("Thu-dog_")]
-    cfg = json.load(open(os.path.join(REPO, "configs", "cascade.json")))
+    cfg = json.load(open(os.path.join(REPO, "jclip", "pipeline", "default.json")))
     cfg["data"]["root"] = str(data)
     cfg["data"]["lists"] = str(work / "out" / "lists")
     cfg["out_dir"] = str(work / "out")
@@ -377,7 +377,7 @@ def test_same_seed_reproduces_every_number(validation):
 
 
 def test_sweep_writes_the_best_setting_it_tried(pipeline, validation):
-    from jclip.cascade import load_config
+    from jclip.pipeline.cascade import load_config
     s = json.loads((validation["val_sweep"] / "sweep.json").read_text())
     trials = read_csv(validation["val_sweep"] / "trials.csv")
     assert len(trials) == s["trials"] > 10

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import jclip
-from jclip.model import build_model
-from jclip.prompt_learning import CoCoOp, CoOp, cosine_lr, load_prompt_learner
-from jclip.tokenizer import _tokenizer, tokenize
+from jclip.models.clip import build_model
+from jclip.heads.prompt_learning import CoCoOp, CoOp, cosine_lr, load_prompt_learner
+from jclip.models.tokenizer import get_tokenizer, tokenize
 from reference import build_reference
 
 NAMES = ["dog", "golden retriever", "red panda"]   # 1, 2 and 2 BPE tokens
@@ -26,7 +26,7 @@ def torch_prompts(ref, ctx, names, n_ctx, position):
     """CoOp's PromptLearner.forward, re-written: per class, slice the token
     embeddings of "X .. X name." into prefix / class / suffix and splice ctx in.
     ctx: (M, w) shared or (C, M, w) class-specific or per-image (see caller)."""
-    tok = _tokenizer()
+    tok = get_tokenizer()
     tokens = torch.from_numpy(tokenize([" ".join(["X"] * n_ctx) + " " + n + "." for n in names]))
     emb = ref.token_embedding(tokens).detach()
     out = []

@@ -7,7 +7,7 @@ float64 for exact checks); any other dtype is converted to float32.
 
 import numpy as np
 
-from ..atomic import atomic_open
+from ..io import atomic_save_npz
 
 # How far a row norm may stray from 1 before features count as not normalised
 # (fp16 features that were normalised in fp16 land within ~1e-3).
@@ -94,11 +94,6 @@ def topk_ids(logits, k):
     order = np.lexsort((part, -vals), axis=1)
     return np.take_along_axis(part, order, axis=1)
 
-
-def atomic_save_npz(path, arrays):
-    """np.savez to a temporary file beside ``path``, then os.replace it."""
-    with atomic_open(path) as f:
-        np.savez(f, **arrays)
 
 
 class Head:

@@ -13,8 +13,8 @@ Two totals (SPEC section 1):
 """
 import os
 
-from .contest import read_classes
-from .convnext import CONFIGS as CONVNEXT_SIZES
+from ..data.contest import read_classes
+from ..models.convnext import CONFIGS as CONVNEXT_SIZES
 
 # OpenAI CLIP: (embed dim, vision, text); vision layers int = ViT, tuple = ResNet.
 TEXT_B = dict(width=512, layers=12, vocab=49408, context=77)
@@ -135,7 +135,7 @@ def count(shapes, prefix=None, exclude_prefix=None):
 
 def shapes_from_file(path):
     """{key: shape} read from a weights file (any format jclip reads)."""
-    from .checkpoint import prepare_state_dict, read_state_dict
+    from ..weights.checkpoint import prepare_state_dict, read_state_dict
     sd, _ = read_state_dict(path)
     _, sd = prepare_state_dict(sd, path)      # official names, wrappers removed
     return {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()}

@@ -29,10 +29,11 @@ import numpy as np
 import jittor as jt
 from tqdm import tqdm
 
-from .heads.base import atomic_save_npz, l2_normalize
-from .heads.templates import clean_class_name
-from .model import normalize
-from .tokenizer import _tokenizer, tokenize
+from ..io import atomic_save_npz
+from .base import l2_normalize
+from .templates import clean_class_name
+from ..models.clip import normalize
+from ..models.tokenizer import get_tokenizer, tokenize
 
 POSITIONS = ("end", "middle", "front")
 FORMAT_VERSION = 1
@@ -43,7 +44,7 @@ def backbone_identity(model):
     loaded from a file is identified by a hash of its text-encoder weights."""
     name = getattr(model, "name", None) or "unnamed"
     if getattr(model, "_weights_sha256", None) or getattr(model, "weights_path", None):
-        from .clip import weights_sha256
+        from ..models.load import weights_sha256
         return name, weights_sha256(model)
     h = hashlib.sha256()
     for key, var in sorted(model.state_dict().items()):
@@ -65,7 +66,7 @@ class PromptTable:
         names = [clean_class_name(n) for n in class_names]
         if not names:
             raise ValueError("class_names is empty")
-        tok = _tokenizer()
+        tok = get_tokenizer()
         name_lens = [len(tok.encode(n)) for n in names]
         prompts = [" ".join(["X"] * n_ctx) + " " + n + "." for n in names]
         tokens = tokenize(prompts, model.context_length)

@@ -102,7 +102,7 @@ class SimpleTokenizer:
 
 
 @functools.lru_cache()
-def _tokenizer():
+def get_tokenizer():
     return SimpleTokenizer()
 
 
@@ -115,7 +115,7 @@ def tokenize(texts, context_length=77, truncate=False):
     """
     if isinstance(texts, str):
         texts = [texts]
-    tok = _tokenizer()
+    tok = get_tokenizer()
     out = np.zeros((len(texts), context_length), dtype=np.int64)
     for i, text in enumerate(texts):
         ids = [tok.sot_token] + tok.encode(text) + [tok.eot_token]

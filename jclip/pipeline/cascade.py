@@ -23,12 +23,10 @@ import time
 
 import numpy as np
 
-from .contest import (ContestFormatError, atomic_write_text, check_result, format_result,
-                      list_test_images, read_classes, read_labelled_list, sha256_text_file,
-                      write_labelled_list)
+from ..data.contest import ContestFormatError, check_result, format_result, list_test_images, read_classes, read_labelled_list, write_labelled_list
+from ..io import atomic_write_text, sha256_file
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "cascade.json")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.json")
 
 
 # --------------------------------------------------------------------------
@@ -101,8 +99,9 @@ def encode_files(model, preprocess, paths, spec, cfg, desc):
     An unreadable file gets a zero row (cached like any other), so a re-run
     knows it is bad without decoding it again.
     """
-    from .clip import encode_image_files, weights_sha256
-    from .features import encode_images_cached
+    from ..models.load import weights_sha256
+    from ..features.encode import encode_image_files
+    from ..features.cache import encode_images_cached
     bs = int(cfg["batch_size"])
 
     def encoder(chunk):
@@ -128,9 +127,10 @@ def encode_files(model, preprocess, paths, spec, cfg, desc):
 def text_weights(model, names, spec, cfg, templates=None):
     """(C, D) zero-shot class weights from the templates (default the
     configuration's), prompts cached."""
-    from .clip import encode_texts, weights_sha256
-    from .features import cached_text_encoder
-    from .heads import text_classifier_weights
+    from ..models.load import weights_sha256
+    from ..features.encode import encode_texts
+    from ..features.cache import cached_text_encoder
+    from ..heads import text_classifier_weights
     enc = lambda texts: encode_texts(model, texts)  # noqa: E731
     if cfg.get("cache_dir"):
         enc = cached_text_encoder(enc, spec["model"], weights_sha256(model), cfg["cache_dir"],
@@ -154,10 +154,9 @@ def per_class(items, k):
 
 def train(cfg):
     import jclip  # noqa: F401  (Jittor defaults before jittor)
-    from .checkpoint import sha256_file
-    from .clip import use_device, weights_sha256
-    from .heads import LPPlusPlus
-    from . import finetune
+    from ..models.load import use_device, weights_sha256
+    from ..heads import LPPlusPlus
+    from ..finetune import train as finetune
 
     times, t_all = {}, time.time()
     root, out = cfg["data"]["root"], cfg["out_dir"]
@@ -174,8 +173,8 @@ def train(cfg):
     print(f"{len(shots)} training images, {len(val)} held out, {len(names)} classes, device {device}")
     manifest = {"config": {k: v for k, v in cfg.items() if k != "_path"},
                 "config_file": cfg["_path"], "device": device,
-                "train_4shot": {"path": shots_path, "sha256": sha256_text_file(shots_path)},
-                "val": {"path": val_path, "sha256": sha256_text_file(val_path) if val else None},
+                "train_4shot": {"path": shots_path, "sha256": sha256_file(shots_path)},
+                "val": {"path": val_path, "sha256": sha256_file(val_path) if val else None},
                 "backbones": {}, "outputs": {}}
     split_json = os.path.join(lists, "split.json")
     if os.path.isfile(split_json):
@@ -280,7 +279,7 @@ def route(inmap_logits, lpp_logits, unseen, dog, k):
     ``unseen`` and ``dog`` are boolean masks over InMaP's and LP++'s classes
     (class_masks); LP++ logits of classes it cannot answer may be -inf.
     """
-    from .heads import topk_ids
+    from ..heads import topk_ids
     top_i = topk_ids(inmap_logits, k)
     top_l = topk_ids(lpp_logits, k)
     stage = np.where(np.asarray(unseen)[top_i[:, 0]], "inmap",
@@ -322,7 +321,7 @@ def encode_backbones(cfg, keys, path_groups, device, name_lists=(), manifest=Non
     with.  Returns (feats {key: (N, D)}, readable (N,) mask, texts {key:
     [(C, D) per name list and template set]}).
     """
-    from .clip import weights_sha256
+    from ..models.load import weights_sha256
     times = {} if times is None else times
     n = sum(len(g) for g in path_groups)
     feats, texts, good = {}, {}, np.ones(n, bool)
@@ -352,7 +351,7 @@ def encode_backbones(cfg, keys, path_groups, device, name_lists=(), manifest=Non
 
 
 def inmap_head(icfg):
-    from .heads import InMaP
+    from ..heads import InMaP
     return InMaP(lr=icfg["lr"], iters=icfg["iters"], iters_sinkhorn=icfg["iters_sinkhorn"],
                  tau_t=icfg["tau_t"], tau_i=icfg["tau_i"], alpha=icfg["alpha"], gamma=icfg["gamma"])
 
@@ -363,24 +362,24 @@ def inmap_logits(icfg, feats, text):
 
 
 def lpp_logits(manifest, key, feats):
-    from .heads import LPPlusPlus
+    from ..heads import LPPlusPlus
     return LPPlusPlus().load(manifest["outputs"][f"lpp_{key}"]["path"]).logits(feats)
 
 
 def mixed(logits, mix):
     """Logits of the backbones in ``mix`` ({key: weight}) summed with those weights."""
-    from .heads import combine
+    from ..heads import combine
     return combine([logits[b] for b in mix], list(mix.values()))
 
 
 def load_dog_head(cfg, manifest):
-    from . import finetune
+    from ..finetune import train as finetune
     return finetune.load_finetuned(cfg["dog_head"]["weights"], manifest["outputs"]["dog_head"]["path"])
 
 
 def dog_topk(cfg, model, paths, k, verbose=True):
     """{path: top-k ids} from the dog head, for the paths it can read."""
-    from . import finetune
+    from ..finetune import train as finetune
     kept, top, _ = finetune.predict(model, list(paths), k=k, batch_size=cfg["dog_head"]["batch_size"],
                                     verbose=verbose)
     return dict(zip(kept, top))
@@ -388,7 +387,7 @@ def dog_topk(cfg, model, paths, k, verbose=True):
 
 def test(cfg, images=None, classes=None, result="result.txt"):
     import jclip  # noqa: F401
-    from .clip import use_device
+    from ..models.load import use_device
 
     times, t_all = {}, time.time()
     casc, k = cfg["cascade"], int(cfg["cascade"]["topk"])

@@ -9,13 +9,12 @@ The 4-shot split is a pure function of (the sorted image paths of each class,
 the seed): numpy's ``default_rng(seed)`` draws per class in class-id order, so
 the same seed gives the same list on any machine and file system.
 """
-import hashlib
 import os
 import re
 
 import numpy as np
 
-from .atomic import atomic_open
+from ..io import atomic_write_text
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TRAIN_DIR = "TrainSet"
@@ -109,22 +108,11 @@ def read_labelled_list(path, num_classes=None):
     return items
 
 
-def atomic_write_text(path, text, check=None):
-    """Write ``text`` (UTF-8, \\n line ends) atomically; ``check(tmp_path)``, when
-    given, validates the written file before the rename (if it raises, ``path``
-    is untouched)."""
-    with atomic_open(path, "w", check, encoding="utf-8", newline="\n") as f:
-        f.write(text)
-
 
 def write_labelled_list(path, items):
     """`path label` lines, one per item, newline-terminated, atomically."""
     atomic_write_text(path, "".join(f"{p} {int(y)}\n" for p, y in items))
 
-
-def sha256_text_file(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 # --------------------------------------------------------------------------

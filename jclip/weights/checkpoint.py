@@ -20,7 +20,8 @@ from collections import OrderedDict
 import numpy as np
 
 from . import torch_reader
-from .atomic import atomic_open
+from ..io import atomic_open, sha256_file
+from .naming import timm_to_official
 
 META_KEY = "__jclip_meta__"
 FORMAT = "jclip-weights"
@@ -32,13 +33,6 @@ _TRAILER = 20 + len(_JITTOR_TAG)
 class CheckpointError(ValueError):
     """A checkpoint file cannot be used; the message names the file."""
 
-
-def sha256_file(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ reading
@@ -382,9 +376,6 @@ def to_official(state_dict, arch):
     if arch != "convnextv2" or not any(
             k.startswith("stem.") or ".blocks." in k for k in state_dict):
         return state_dict
-    # Imported lazily: jclip.convnext also defines the Jittor model, and a
-    # CLIP-only conversion should not need to start Jittor.
-    from .convnext import timm_to_official
     return timm_to_official(state_dict)
 
 

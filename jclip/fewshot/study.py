@@ -194,14 +194,14 @@ class Backbone:
 
     def __init__(self, model_name, cache_dir, device=None, batch_size=64, progress=True):
         import jclip  # noqa: F401  (before jittor)
-        from .clip import load, weights_sha256
+        from ..models.load import load, weights_sha256
         self.model, self.preprocess = load(model_name, device=device)
         self.name, self.sha = self.model.name, weights_sha256(self.model)
         self.cache_dir, self.batch_size, self.progress = cache_dir, batch_size, progress
 
     def images(self, paths):
-        from .clip import encode_image_files
-        from .features import encode_images_cached
+        from ..features.encode import encode_image_files
+        from ..features.cache import encode_images_cached
 
         def encode(chunk):
             return encode_image_files(self.model, chunk, self.preprocess, self.batch_size,
@@ -210,9 +210,9 @@ class Backbone:
                                     self.cache_dir, self.batch_size, self.progress)
 
     def text_weights(self, class_names, templates):
-        from .clip import encode_texts
-        from .features import cached_text_encoder
-        from .heads import text_classifier_weights
+        from ..features.encode import encode_texts
+        from ..features.cache import cached_text_encoder
+        from ..heads import text_classifier_weights
         enc = cached_text_encoder(lambda t: encode_texts(self.model, t), self.name, self.sha,
                                   self.cache_dir, progress=False)
         return text_classifier_weights(class_names, enc, templates)
@@ -236,7 +236,7 @@ def train_method(method, seed, x, y, xv, yv, text_weights, num_classes, backbone
     """Fit one method on shots (x, y) with validation (xv, yv); returns a
     callable ``logits(features, unseen=None)``; methods in TRANSFERS score
     unseen classes given as text weights (zero-shot) or names (CoOp/CoCoOp)."""
-    from .heads import LinearProbe, LPPlusPlus, TipAdapter, TipAdapterF, ZeroShot
+    from ..heads import LinearProbe, LPPlusPlus, TipAdapter, TipAdapterF, ZeroShot
     opt = dict(options or {})
     has_val = len(yv) > 0
     val = (xv, yv) if has_val else (None, None)
@@ -253,7 +253,7 @@ def train_method(method, seed, x, y, xv, yv, text_weights, num_classes, backbone
     elif method == "lpp":
         head = LPPlusPlus(seed=seed).fit(x, y, text_weights, *val)
     elif method in ("coop", "cocoop"):
-        from .prompt_learning import CoCoOp, CoOp
+        from ..heads.prompt_learning import CoCoOp, CoOp
         if method == "coop":
             learner = CoOp(backbone.model, class_names, n_ctx=opt.get("n_ctx", 4),
                            ctx_init=opt.get("ctx_init", "a photo of a"),
@@ -382,7 +382,7 @@ def write_csv(path, rows):
 
 
 def write_plot(path, rows, title="Few-shot accuracy"):
-    from .plot import line_plot
+    from ..plot import line_plot
     summary = summarise(rows)
     metric = "H" if "H" in rows[0] else "top1"
     series = {}

@@ -19,7 +19,7 @@ import re
 import numpy as np
 from tqdm import tqdm
 
-from .heads.base import atomic_save_npz
+from ..io import atomic_save_npz
 
 FORMAT_VERSION = 1
 

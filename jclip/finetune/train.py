@@ -33,10 +33,11 @@ import jittor as jt
 from jittor import nn
 from tqdm import tqdm
 
-from .batching import run_in_slices
-from .checkpoint import CheckpointError, read_state_dict, save_state_dict, sha256_file
-from .convnext import load_convnextv2
-from .preprocess import imagenet_preprocess, to_rgb
+from ..models.batching import run_in_slices
+from ..weights.checkpoint import CheckpointError, read_state_dict, save_state_dict
+from ..io import sha256_file
+from ..models.convnext import load_convnextv2
+from ..data.images import imagenet_preprocess, to_rgb
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

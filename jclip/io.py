@@ -1,11 +1,16 @@
-"""Writing files atomically: a temporary name beside the target, then os.replace.
+"""File helpers every stage uses: atomic writes (text, JSON, npz) and SHA-256.
+
+Atomic writes go to a temporary name beside the target, then os.replace.
 
 A write that fails or is interrupted leaves the previous file (or none) under
 the target name, never a partial one; the temporary file is removed.
 """
 import contextlib
+import hashlib
 import os
 import tempfile
+
+import numpy as np
 
 
 def _umask():
@@ -39,3 +44,26 @@ def atomic_open(path, mode="wb", check=None, fsync=False, **open_kw):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path, text, check=None):
+    """Write ``text`` (UTF-8, \\n line ends) atomically; ``check(tmp_path)``, when
+    given, validates the written file before the rename (if it raises, ``path``
+    is untouched)."""
+    with atomic_open(path, "w", check, encoding="utf-8", newline="\n") as f:
+        f.write(text)
+
+
+def atomic_save_npz(path, arrays):
+    """np.savez to a temporary file beside ``path``, then os.replace it."""
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

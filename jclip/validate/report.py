@@ -42,11 +42,9 @@ import time
 
 import numpy as np
 
-from .cascade import (DEFAULT_CONFIG, check_trained_with, class_masks, data_path, dog_topk,
-                      encode_backbones, inmap_head, inmap_logits, load_config, load_dog_head, lpp_logits,
-                      mixed, per_class, read_manifest, route, step)
-from .contest import (ContestFormatError, atomic_write_text, domain_of, read_classes,
-                      read_labelled_list, sha256_text_file)
+from ..pipeline.cascade import DEFAULT_CONFIG, check_trained_with, class_masks, data_path, dog_topk, encode_backbones, inmap_head, inmap_logits, load_config, load_dog_head, lpp_logits, mixed, per_class, read_manifest, route, step
+from ..data.contest import ContestFormatError, domain_of, read_classes, read_labelled_list
+from ..io import atomic_write_text, sha256_file
 
 DEFAULT_SWEEP = {
     "templates": ["imagenet7", "single", "imagenet80"],
@@ -101,7 +99,7 @@ def selection_images(cfg, val, dog):
 
 def load_data(cfg, holdout=None, seed=1, per_class_limit=None, templates=None):
     import jclip  # noqa: F401  (Jittor defaults before jittor)
-    from .clip import use_device
+    from ..models.load import use_device
     d = ValData()
     d.cfg, d.times = cfg, {}
     casc = cfg["cascade"]
@@ -118,14 +116,14 @@ def load_data(cfg, holdout=None, seed=1, per_class_limit=None, templates=None):
     lists = cfg["data"]["lists"]
     shots_path, val_path = os.path.join(lists, "train_4shot.txt"), os.path.join(lists, "val.txt")
     shots = read_labelled_list(shots_path, len(d.names))
-    if sha256_text_file(shots_path) != d.manifest["train_4shot"]["sha256"]:
+    if sha256_file(shots_path) != d.manifest["train_4shot"]["sha256"]:
         raise ContestFormatError(f"{shots_path}: not the 4-shot list the heads in "
                                  f"{cfg['out_dir']} were trained on; run train.sh again")
     if not os.path.isfile(val_path):
         raise ContestFormatError(f"{val_path}: no validation list; run process.py with "
                                  f"--val-per-class > 0")
     val = read_labelled_list(val_path, len(d.names))
-    d.val_sha256 = sha256_text_file(val_path)
+    d.val_sha256 = sha256_file(val_path)
     # d.dog: the classes the configuration routes to the dog head;
     # d.dog_truth: the classes of the dog domain (what the routing should match)
     _, d.dog = class_masks(len(d.names), len(d.names), len(d.names), casc["dog_range"])
@@ -255,7 +253,7 @@ class Simulated:
         """(N, C_seen) LP++ logits; held-out classes -inf (LP++ never saw them)."""
         memo = (key, templates, int(epochs))
         if memo not in self._lpp:
-            from .heads import LPPlusPlus
+            from ..heads import LPPlusPlus
             d, lcfg = self.d, self.d.cfg["lpp"]
             remap = np.full(len(d.names), -1)
             remap[self.kept] = np.arange(len(self.kept))
@@ -454,7 +452,7 @@ def write_json(path, obj):
 # --------------------------------------------------------------------------
 
 def report(cfg, out, holdout=None, seed=1, per_class_limit=None):
-    from .plot import bar_plot, heatmap_plot, line_plot
+    from ..plot import bar_plot, heatmap_plot, line_plot
     t0 = time.time()
     d = load_data(cfg, holdout, seed, per_class_limit)
     p = params_of(cfg)
@@ -639,7 +637,7 @@ def sweep_grid(cfg):
 def sweep(cfg, out, write, holdout=None, seed=1, per_class_limit=None):
     from tqdm import tqdm
 
-    from .plot import bar_plot, line_plot
+    from ..plot import bar_plot, line_plot
     t0 = time.time()
     grid = sweep_grid(cfg)
     p0 = params_of(cfg)

@@ -1,0 +1,1 @@
+"""Data: image decoding and preprocessing, list files, the contest's formats."""

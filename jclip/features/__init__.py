@@ -1,0 +1,1 @@
+"""Features: batched CLIP encoding and the feature cache."""

@@ -1,0 +1,1 @@
+"""Few-shot studies on any image folder (python -m jclip.fewshot)."""

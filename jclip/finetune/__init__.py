@@ -1,0 +1,1 @@
+"""Fine-tuning ConvNeXt-V2 (the contest's dog head)."""

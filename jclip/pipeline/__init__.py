@@ -1,0 +1,1 @@
+"""The contest pipeline: configuration, training, the cascade, the result file."""

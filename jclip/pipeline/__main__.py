@@ -1,0 +1,3 @@
+from .cascade import main
+
+main()

@@ -1,0 +1,1 @@
+"""The validation report and the sweep (val.sh)."""

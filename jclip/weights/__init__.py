@@ -1,0 +1,1 @@
+"""Weights files: the torch-free checkpoint reader, jclip's own weights files, downloads, naming."""

@@ -4,9 +4,9 @@ import os
 import jittor as jt
 
 from ..data.images import Preprocess
-from ..weights.checkpoint import read_state_dict
+from ..weights.checkpoint import find_weights, read_state_dict
 from ..io import sha256_file
-from ..weights.download import OPENAI_URLS, output_filename
+from .registry import available as _registered, get_card
 from .clip import build_model
 
 WEIGHTS_ENV = "JCLIP_WEIGHTS"
@@ -15,7 +15,7 @@ DEFAULT_WEIGHTS_DIR = "weights"
 
 def available_models():
     """OpenAI CLIP model names that ``load`` resolves (after ``convert.py``)."""
-    return list(OPENAI_URLS)
+    return _registered("clip")
 
 
 def weights_dir(path=None):
@@ -27,8 +27,14 @@ def resolve(name_or_path, weights=None):
     """The file ``load`` reads for a model name or a path."""
     if os.path.isfile(name_or_path):
         return name_or_path
-    if name_or_path in OPENAI_URLS:
-        path = os.path.join(weights_dir(weights), output_filename(name_or_path))
+    # A .pkl path whose .safetensors sibling exists (or the reverse) is found.
+    found = find_weights(name_or_path)
+    if found:
+        return found
+    if name_or_path in available_models():
+        # .safetensors first, then a .pkl converted by an older convert.py.
+        path = os.path.join(weights_dir(weights), get_card(name_or_path).weights_filename())
+        path = find_weights(path) or path
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{path}: no converted weights for {name_or_path}; run "
@@ -61,7 +67,7 @@ def load(name_or_path, device=None, weights=None):
     state_dict, meta = read_state_dict(path)
     model = build_model(state_dict, source=path)
     model.weights_path = path
-    model.name = meta.get("model") or (name_or_path if name_or_path in OPENAI_URLS
+    model.name = meta.get("model") or (name_or_path if name_or_path in available_models()
                                        else os.path.basename(path))
     model._weights_sha256 = meta.get("source_sha256")
     return model, Preprocess(model.input_resolution)

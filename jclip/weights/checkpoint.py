@@ -148,6 +148,24 @@ def _unwrap(obj, path):
     return out
 
 
+WEIGHTS_SUFFIXES = (".safetensors", ".pkl")   # jclip's own, preferred first
+
+
+def find_weights(path):
+    """``path`` when it is a file; else, for a jclip weights name, the same
+    stem in the other jclip format (".safetensors" first); else None.  Lets a
+    configuration naming ``X.pkl`` find a newer ``X.safetensors``."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    stem, ext = os.path.splitext(path)
+    if ext in WEIGHTS_SUFFIXES:
+        for other in WEIGHTS_SUFFIXES:
+            if os.path.isfile(stem + other):
+                return stem + other
+    return None
+
+
 def sniff_format(path):
     """("zip" | "torch-legacy" | "pickle", size) from the first bytes; an
     empty file, an HTML page or other bytes raise CheckpointError.  Cheap: a

@@ -16,23 +16,12 @@ import urllib.request
 
 from .checkpoint import CheckpointError
 
-_OPENAI = "https://openaipublic.azureedge.net/clip/models/"
-OPENAI_URLS = {
-    "RN50": _OPENAI + "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
-    "RN101": _OPENAI + "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt",
-    "RN50x4": _OPENAI + "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd/RN50x4.pt",
-    "RN50x16": _OPENAI + "52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa/RN50x16.pt",
-    "RN50x64": _OPENAI + "be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c/RN50x64.pt",
-    "ViT-B/32": _OPENAI + "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-    "ViT-B/16": _OPENAI + "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
-    "ViT-L/14": _OPENAI + "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-    "ViT-L/14@336px": _OPENAI + "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
-}
-CONVNEXT_URLS = {
-    "convnextv2_base": "https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_base_1k_224_ema.pt",
-}
-MODEL_URLS = {**OPENAI_URLS, **CONVNEXT_URLS}
-DEFAULT_MODELS = ("ViT-B/32", "RN101", "convnextv2_base")
+from ..models.registry import CARDS, DEFAULT_MODELS, card_for_sha256, get_card  # noqa: F401
+
+# Derived views of the registry's cards (kept for callers of the old tables).
+OPENAI_URLS = {n: c.url for n, c in CARDS.items() if c.family == "clip"}
+CONVNEXT_URLS = {n: c.url for n, c in CARDS.items() if c.family == "convnextv2"}
+MODEL_URLS = {n: c.url for n, c in CARDS.items()}
 
 # JSON {model name: url} merged over MODEL_URLS (tests point it at a local
 # server; a mirror works the same way).
@@ -73,18 +62,30 @@ def source_filename(name, urls=None):
     return url.rsplit("/", 1)[-1]
 
 
-def output_filename(name):
-    """jclip weights file for a model: "ViT-B/32" -> "ViT-B-32.pkl";
-    ConvNeXt keeps its release name ("convnextv2_base_1k_224_ema.pkl")."""
-    if name in CONVNEXT_URLS:
-        return os.path.splitext(source_filename(name))[0] + ".pkl"
-    return name.replace("/", "-") + ".pkl"
+def output_filename(name, fmt="safetensors"):
+    """jclip weights file for a model: "ViT-B/32" -> "ViT-B-32.safetensors";
+    ConvNeXt keeps its release name ("convnextv2_base_1k_224_ema.safetensors").
+    ``fmt`` "pkl" gives the Jittor ``.pkl`` name; a model without a card gets
+    its name with "/" replaced by "-"."""
+    if name in CARDS:
+        return CARDS[name].weights_filename(fmt)
+    return name.replace("/", "-") + "." + fmt
+
+
+def known_sha256(name, url=None):
+    """The SHA-256 a model's original must have: the card's published hash
+    whatever URL it comes from (a mirror does not switch the check off), else
+    the hash in an OpenAI-style ``url``, else None."""
+    card = CARDS.get(name)
+    if card is not None and card.sha256:
+        return card.sha256
+    return expected_sha256(url) if url else None
 
 
 def known_model_for_sha256(sha):
-    """The OpenAI model whose published hash is ``sha``, or None."""
-    return next((n for n, u in OPENAI_URLS.items()
-                 if expected_sha256(u) == sha), None)
+    """The model whose published hash is ``sha``, or None."""
+    card = card_for_sha256(sha)
+    return card.name if card else None
 
 
 def download(url, dest, sha256=None, verify=None, progress=True, timeout=60):

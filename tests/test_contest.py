@@ -9,7 +9,8 @@ from PIL import Image
 
 from jclip.pipeline import budget
 from jclip.pipeline.cascade import class_masks, fallback_ids, load_config, route, write_result
-from jclip.data.contest import ContestFormatError, check_result, domain_ranges, format_result, group_list, list_test_images, natural_key, read_classes, read_labelled_list, scan_trainset, seeded_split
+from jclip.data.lists import ListFormatError, read_classes, read_labelled_list
+from jclip.data.contest import ContestFormatError, check_result, domain_ranges, format_result, group_list, list_test_images, natural_key, scan_trainset, seeded_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.path.join(REPO, "..", "shared", "data", "jittor4")
@@ -33,14 +34,14 @@ def test_real_class_lists_and_domains():
 def test_bad_class_lists(tmp_path, text, msg):
     p = tmp_path / "classes.txt"
     p.write_text(text)
-    with pytest.raises(ContestFormatError, match=msg):
+    with pytest.raises(ListFormatError, match=msg):
         read_classes(str(p))
 
 
 def test_list_errors_name_file_and_line(tmp_path):
     p = tmp_path / "l.txt"
     p.write_text("TrainSet/A/a/1.jpg 0\nTrainSet/A/a/2.jpg 7\n")
-    with pytest.raises(ContestFormatError, match=r"l.txt:2: label 7 out of range 0..1"):
+    with pytest.raises(ListFormatError, match=r"l.txt:2: label 7 out of range 0..1"):
         read_labelled_list(str(p), 2)
     with pytest.raises(ContestFormatError, match="lies in the folder of 'A_a'"):
         group_list([("TrainSet/A/a/1.jpg", 1)], ["A_a", "A_b"], "l.txt")

@@ -14,49 +14,16 @@ import re
 
 import numpy as np
 
-from ..io import atomic_write_text
+from .images import IMAGE_EXTS
+from .lists import ListFormatError, read_lines
+# the list readers used to live here; callers that still import them from here keep working
+from .lists import read_classes, read_labelled_list, write_labelled_list  # noqa: F401
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TRAIN_DIR = "TrainSet"
 
 
-class ContestFormatError(ValueError):
+class ContestFormatError(ListFormatError):
     """A contest file or folder that does not have the expected format."""
-
-
-# --------------------------------------------------------------------------
-# Class lists
-# --------------------------------------------------------------------------
-
-def read_classes(path):
-    """Class names by id from ``<Domain>_<Class> <id>`` lines.
-
-    Ids must be exactly 0..N-1 (in any order) and names unique.
-    """
-    if not os.path.isfile(path):
-        raise ContestFormatError(f"{path}: class list not found")
-    by_id = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(None, 1)
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise ContestFormatError(f"{path}:{n}: expected `<Domain>_<Class> <id>`, got {line.rstrip()!r}")
-            name, cid = parts[0].strip(), int(parts[1])
-            if cid in by_id:
-                raise ContestFormatError(f"{path}:{n}: id {cid} given twice ({by_id[cid]!r} and {name!r})")
-            by_id[cid] = name
-    if not by_id:
-        raise ContestFormatError(f"{path}: no classes")
-    missing = sorted(set(range(len(by_id))) - set(by_id))
-    if missing:
-        raise ContestFormatError(f"{path}: ids must be 0..{len(by_id) - 1}; missing {missing[:5]}")
-    names = [by_id[i] for i in range(len(by_id))]
-    dup = sorted({x for x in names if names.count(x) > 1})
-    if dup:
-        raise ContestFormatError(f"{path}: class names given twice: {dup[:5]}")
-    return names
 
 
 def domain_of(class_name):
@@ -81,38 +48,6 @@ def class_of_path(relpath):
     if len(parts) < 4 or parts[-4] != TRAIN_DIR:
         return None
     return f"{parts[-3]}_{parts[-2]}"
-
-
-# --------------------------------------------------------------------------
-# `path label` lists
-# --------------------------------------------------------------------------
-
-def read_labelled_list(path, num_classes=None):
-    """[(relpath, label)] from `path label` lines (a path may contain spaces)."""
-    if not os.path.isfile(path):
-        raise ContestFormatError(f"{path}: list not found")
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\r\n").rsplit(" ", 1)
-            if len(parts) != 2 or not parts[1].strip().isdigit():
-                raise ContestFormatError(f"{path}:{n}: expected `path label`, got {line.rstrip()!r}")
-            label = int(parts[1])
-            if num_classes is not None and not 0 <= label < num_classes:
-                raise ContestFormatError(f"{path}:{n}: label {label} out of range 0..{num_classes - 1}")
-            items.append((parts[0].strip(), label))
-    if not items:
-        raise ContestFormatError(f"{path}: empty list")
-    return items
-
-
-
-def write_labelled_list(path, items):
-    """`path label` lines, one per item, newline-terminated, atomically."""
-    atomic_write_text(path, "".join(f"{p} {int(y)}\n" for p, y in items))
-
 
 
 # --------------------------------------------------------------------------

@@ -72,8 +72,8 @@ def main():
     from jclip.pipeline.cascade import encode_files, load_config
     from jclip.models.load import use_device
     from jclip.heads import InMaP, LPPlusPlus, l2_normalize
-    from jclip.data.images import imagenet_preprocess, read_image
-    from jclip.finetune import train as finetune
+    from jclip.data.images import preprocess_for, read_image
+    from jclip import finetune
     from jclip.models.convnext import load_convnextv2
 
     cfg = load_config(None, ["cache_dir=null"])
@@ -130,7 +130,7 @@ def main():
     t0 = time.perf_counter()
     finetune.predict(model, paths, batch_size=bs, verbose=False)
     record("dog head ConvNeXt-V2-B", len(paths), time.perf_counter() - t0, f"batch {bs}")
-    pre = imagenet_preprocess()
+    pre = preprocess_for("convnextv2_base")
     with jt.no_grad():
         model(jt.array(read_image(paths[0], pre)[None])).numpy()   # compile batch 1
         t0 = time.perf_counter()

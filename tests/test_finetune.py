@@ -8,7 +8,9 @@ from PIL import Image
 import jclip  # noqa: F401  (must precede jittor)
 from jclip.weights.checkpoint import CheckpointError, save_state_dict
 from jclip.models.convnext import convnextv2
-from jclip.finetune import train as ft
+from jclip import finetune as ft
+from jclip.data.images import ImageLoadError
+from jclip.finetune.data import eval_transform, image_batches
 
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 220, 40)]
 OFFSET = 10  # contest ids 10..13 -> 0..3
@@ -95,14 +97,52 @@ def test_full_mode_learns_predicts_and_checks_pairing(data, tmp_path):
         ft.load_finetuned(str(other), out)
 
 
-def test_unreadable_image_skipped_or_strict(data, tmp_path):
+def test_unreadable_image_skipped_or_strict(data, tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     good = str(data / "train_0_0.jpg")
-    loader = ft.ImageLoader(threads=2)
-    batches = list(loader.batches([good, str(bad)], 4, lambda im: ft.eval_transform(im, 32)))
+    skipped = []
+    batches = list(image_batches([good, str(bad), str(bad)], 4, eval_transform(32), skipped, threads=2))
     assert batches[0][0].shape == (1, 3, 32, 32) and list(batches[0][1]) == [0]
-    assert loader.bad == [str(bad)]
-    with pytest.raises(OSError, match="broken.jpg"):
-        list(ft.ImageLoader(strict=True).batches([str(bad)], 4,
-                                                 lambda im: ft.eval_transform(im, 32)))
+    assert skipped == [str(bad)]                                   # reported once
+    assert capsys.readouterr().err.count("broken.jpg") == 1
+    with pytest.raises(ImageLoadError, match="broken.jpg"):
+        list(image_batches([str(bad)], 4, eval_transform(32), [], strict=True))
+
+
+def test_lists_are_read_by_the_contest_reader(data, tmp_path):
+    """finetune and the contest pipeline share jclip.data.lists: a BOM and CRLF
+    line ends are accepted, and a bad line gives the same message."""
+    from jclip.data.lists import ListFormatError, read_labelled_list
+    lines = (data / "train.txt").read_text().splitlines()
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    paths, labels = ft.read_list(str(crlf), root=str(data), label_range=(10, 13))
+    ref_paths, ref_labels = ft.read_list(str(data / "train.txt"), label_range=(10, 13))
+    assert paths == ref_paths and list(labels) == list(ref_labels)
+    bad = tmp_path / "bad.txt"
+    bad.write_text(lines[0] + "\n" + "train_0_1.png ten\n")
+    with pytest.raises(ListFormatError) as from_finetune:
+        ft.read_list(str(bad))
+    with pytest.raises(ListFormatError) as from_contest:
+        read_labelled_list(str(bad), 374)
+    assert str(from_finetune.value) == str(from_contest.value)
+    assert "bad.txt:2: expected 'path label'" in str(from_finetune.value)
+
+
+def test_cli_train_and_predict(data, tmp_path, capsys):
+    from jclip.finetune.cli import main
+    head, top = tmp_path / "cli.pkl", tmp_path / "top.txt"
+    main(["train", "--weights", str(data / "atto.pkl"), "--list", str(data / "train.txt"),
+          "--labels", "10-13", "--out", str(head), "--epochs", "2", "--batch-size", "8",
+          "--size", "32", "--seed", "1"])
+    assert "saved" in capsys.readouterr().out
+    main(["predict", "--weights", str(data / "atto.pkl"), "--head", str(head),
+          "--images", str(data / "val.txt"), "--topk", "2", "--out", str(top)])
+    model = ft.load_finetuned(str(data / "atto.pkl"), str(head))
+    paths, ids, _ = ft.predict(model, str(data / "val.txt"), k=2, verbose=False)
+    assert model.image_size == 32
+    assert top.read_text().splitlines() == [f"{os.path.basename(p)} {a} {b}" for p, (a, b) in zip(paths, ids)]
+    with pytest.raises(SystemExit, match=r"error: .*train.txt.*10-13|error: .*no images with labels 50-60"):
+        main(["train", "--weights", str(data / "atto.pkl"), "--list", str(data / "train.txt"),
+              "--labels", "50-60", "--out", str(tmp_path / "x.pkl")])

@@ -1,34 +1,40 @@
-"""Image preprocessing and batched, threaded image loading.
+"""Image decoding, eval preprocessing, train-time augmentation, threaded loading.
 
 ``Preprocess`` reproduces OpenAI CLIP's evaluation transform exactly (resize
 the short side with PIL bicubic, centre crop with torchvision's rounding, /255,
 normalise) as plain numpy, deterministic, with no random flips.  ConvNeXt uses
-the same class with ImageNet statistics and a 256 -> 224 crop.
+the same class with ImageNet statistics and a 256 -> 224 crop; each model's
+input size, statistics and crop come from its card (``jclip.models.registry``,
+``preprocess_for``).  ``TrainTransform`` is the fine-tuner's augmentation
+(random resized crop + flip) with the same normalisation.
 
-``load_images`` turns a list of paths into one float32 batch using a thread
-pool (PIL releases the GIL while decoding and resizing); a file that cannot be
-read is reported by name and, unless ``strict``, left out instead of stopping
-a run over thousands of images.
+``load_images`` / ``iter_batches`` turn a list of paths into float32 batches
+using a thread pool (PIL releases the GIL while decoding and resizing); a file
+that cannot be read is reported by name and, unless ``strict``, left out
+instead of stopping a run over thousands of images.  Random augmentations
+draw from one seed per image, so batches do not depend on thread scheduling.
 """
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..models.registry import CLIP_MEAN, CLIP_STD, get_card
+
 # the file names jclip treats as images, everywhere (folder scans, test folders)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
+Transform = Callable[[Image.Image], np.ndarray]
+
 
 class ImageLoadError(ValueError):
-    pass
+    """A file that cannot be decoded as an image (the message names it)."""
 
 
-def to_rgb(img):
+def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) as 8-bit RGB."""
     if img.mode == "RGB":
         return img
@@ -44,21 +50,37 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
-class Preprocess:
-    """PIL image -> (3, size, size) float32 array, as OpenAI's/timm's eval transform."""
+def normalize(img: Image.Image, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """8-bit RGB image -> (3, H, W) float32 ``(x / 255 - mean) / std``."""
+    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    return (arr - mean) / std
 
-    def __init__(self, size=224, resize=None, mean=CLIP_MEAN, std=CLIP_STD):
+
+def _stats(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32).reshape(3, 1, 1)
+
+
+class Preprocess:
+    """PIL image -> (3, size, size) float32 array, as OpenAI's/timm's eval transform.
+
+    Parameters: ``size`` the square crop; ``resize`` the short side before the
+    crop (default ``size``, CLIP's way); ``mean``/``std`` per-channel statistics.
+    Calling it returns the normalised crop (any PIL mode is converted to RGB).
+    """
+
+    def __init__(self, size: int = 224, resize: Optional[int] = None,
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
         self.size = size
         self.resize = resize or size  # short side before the centre crop
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+        self.mean = _stats(mean)
+        self.std = _stats(std)
 
     @property
-    def id(self):
+    def id(self) -> str:
         """A string naming this transform exactly (feature caches key on it)."""
         return f"resize{self.resize}-bicubic-crop{self.size}-mean{tuple(self.mean.ravel())}-std{tuple(self.std.ravel())}"
 
-    def __call__(self, img):
+    def __call__(self, img: Image.Image) -> np.ndarray:
         img = to_rgb(img)
         w, h = img.size
         short, long = (w, h) if w <= h else (h, w)
@@ -71,22 +93,78 @@ class Preprocess:
         top = int(round((new_h - self.size) / 2.0))
         left = int(round((new_w - self.size) / 2.0))
         img = img.crop((left, top, left + self.size, top + self.size))
-        arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
-        return (arr - self.mean) / self.std
+        return normalize(img, self.mean, self.std)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Preprocess({self.id})"
 
 
-def clip_preprocess(size=224):
-    return Preprocess(size)
+def _bicubic_card(name: str):
+    card = get_card(name)
+    if card.interpolation != "bicubic":  # the only filter Preprocess/TrainTransform implement
+        raise ValueError(f"model {name!r}: interpolation {card.interpolation!r} is not supported")
+    return card
 
 
-def imagenet_preprocess(size=224, crop_pct=0.875):
-    return Preprocess(size, resize=int(size / crop_pct), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def preprocess_for(name: str, size: Optional[int] = None) -> Preprocess:
+    """The eval transform on model ``name``'s registry card.
+
+    Parameters: ``name`` a registry name ("ViT-B/32", "convnextv2_base");
+    ``size`` another crop size, keeping the card's crop ratio (default: the
+    card's input size).
+    Returns: a ``Preprocess``.
+    """
+    card = _bicubic_card(name)
+    size = size or card.input_size
+    return Preprocess(size, resize=int(size / card.crop_pct), mean=card.mean, std=card.std)
 
 
-def read_image(path, transform):
+class TrainTransform:
+    """Train-time augmentation: random resized crop (torchvision's sampling,
+    bicubic) + horizontal flip, then the model's normalisation.
+
+    Parameters: ``size`` the output side; ``scale`` / ``ratio`` the crop's
+    area fraction and aspect ranges; ``mean``/``std`` the statistics.
+    Called as ``transform(img, rng)`` with a ``numpy.random.RandomState``;
+    returns a (3, size, size) float32 array.
+    """
+
+    def __init__(self, size: int, scale: Tuple[float, float] = (0.35, 1.0),
+                 ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+        self.mean = _stats(mean)
+        self.std = _stats(std)
+
+    @classmethod
+    def for_model(cls, name: str, size: Optional[int] = None,
+                  scale: Tuple[float, float] = (0.35, 1.0)) -> "TrainTransform":
+        """The augmentation with model ``name``'s card statistics (size default: the card's)."""
+        card = _bicubic_card(name)
+        return cls(size or card.input_size, scale, mean=card.mean, std=card.std)
+
+    def __call__(self, img: Image.Image, rng: np.random.RandomState) -> np.ndarray:
+        img = to_rgb(img)
+        w, h = img.size
+        area = w * h
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            cw = int(round(math.sqrt(target * aspect)))
+            ch = int(round(math.sqrt(target / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                left, top = rng.randint(0, w - cw + 1), rng.randint(0, h - ch + 1)
+                break
+        else:  # no sample fitted: the whole image
+            cw, ch = w, h
+            left, top = 0, 0
+        img = img.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + cw, top + ch))
+        if rng.rand() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return normalize(img, self.mean, self.std)
+
+
+def read_image(path: str, transform: Transform) -> np.ndarray:
     """One file through ``transform``; any failure becomes ImageLoadError naming the file."""
     try:
         with Image.open(path) as img:
@@ -96,30 +174,46 @@ def read_image(path, transform):
         raise ImageLoadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
-def default_workers():
+def default_workers() -> int:
+    """Decoding threads: the cores plus two (PIL waits on I/O too), at most 16."""
     return min(16, (os.cpu_count() or 2) + 2)
 
 
-def load_images(paths, transform, workers=None, strict=False, pool=None):
+def _seeded(transform, seed):
+    """``transform`` as a one-argument function; an augmenting one gets its own RandomState(seed)."""
+    if seed is None:
+        return transform
+    return lambda img: transform(img, np.random.RandomState(seed))
+
+
+def load_images(paths: Sequence[str], transform: Transform, workers: Optional[int] = None,
+                strict: bool = False, pool: Optional[ThreadPoolExecutor] = None,
+                seeds: Optional[Sequence[int]] = None
+                ) -> Tuple[np.ndarray, List[int], List[Tuple[str, str]]]:
     """Load ``paths`` into one (N_ok, 3, S, S) float32 batch.
 
-    Returns ``(batch, ok, errors)``: ``ok`` lists the indices into ``paths``
+    Parameters: ``transform`` PIL image -> array (``Preprocess``), or, with
+    ``seeds`` (one int per path), ``transform(img, rng)`` (``TrainTransform``);
+    ``workers`` threads (default ``default_workers()``) unless ``pool`` is
+    given; ``strict`` raise ImageLoadError on the first bad file.
+    Returns: ``(batch, ok, errors)``: ``ok`` lists the indices into ``paths``
     that the batch rows hold, ``errors`` lists ``(path, message)`` for files
-    that could not be read.  With ``strict`` the first bad file raises.
+    that could not be read.
     """
-    def one(path):
+    def one(path, seed):
         try:
-            return read_image(path, transform), None
+            return read_image(path, _seeded(transform, seed)), None
         except ImageLoadError as e:
             if strict:
                 raise
             return None, str(e)
 
+    seeds = [None] * len(paths) if seeds is None else list(seeds)
     if pool is None:
         with ThreadPoolExecutor(workers or default_workers()) as own:
-            results = list(own.map(one, paths))
+            results = list(own.map(one, paths, seeds))
     else:
-        results = list(pool.map(one, paths))
+        results = list(pool.map(one, paths, seeds))
     ok = [i for i, (arr, _) in enumerate(results) if arr is not None]
     errors = [(paths[i], err) for i, (_, err) in enumerate(results) if err is not None]
     size = getattr(transform, "size", None)
@@ -130,19 +224,28 @@ def load_images(paths, transform, workers=None, strict=False, pool=None):
     return batch, ok, errors
 
 
-def iter_batches(paths, transform, batch_size=64, workers=None, strict=False):
-    """Yield ``(indices, batch, errors)`` over ``paths`` in batches.
+def iter_batches(paths: Sequence[str], transform: Transform, batch_size: int = 64,
+                 workers: Optional[int] = None, strict: bool = False,
+                 seeds: Optional[Sequence[int]] = None
+                 ) -> Iterator[Tuple[List[int], np.ndarray, List[Tuple[str, str]]]]:
+    """Yield ``(indices, batch, errors)`` over ``paths`` in batches of ``batch_size``.
 
-    The next batch is decoded in the thread pool while the caller encodes the
-    current one, so the model never waits on JPEG decoding.
+    The next batch is decoded in the thread pool while the caller uses the
+    current one, so the model never waits on JPEG decoding.  ``indices`` index
+    ``paths``; the other parameters are ``load_images``'s.
     """
     paths = list(paths)
+    seeds = None if seeds is None else list(seeds)
     starts = list(range(0, len(paths), batch_size))
+    if not starts:
+        return
     with ThreadPoolExecutor(workers or default_workers()) as pool, ThreadPoolExecutor(1) as ahead:
         def job(start):
-            return start, load_images(paths[start:start + batch_size], transform, strict=strict, pool=pool)
+            part = None if seeds is None else seeds[start:start + batch_size]
+            return start, load_images(paths[start:start + batch_size], transform, strict=strict,
+                                      pool=pool, seeds=part)
 
-        pending = ahead.submit(job, starts[0]) if starts else None
+        pending = ahead.submit(job, starts[0])
         for nxt in starts[1:] + [None]:
             start, (batch, ok, errors) = pending.result()
             pending = ahead.submit(job, nxt) if nxt is not None else None

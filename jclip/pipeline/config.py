@@ -35,7 +35,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-__all__ = ["Config", "ConfigError", "DEFAULT_CONFIG", "load_config", "load_or_exit",
+__all__ = ["Config", "ConfigError", "DEFAULT_CONFIG", "load_config", "load_or_exit", "config_from_dict",
            "Backbone", "DataSection", "LPPSection", "InMaPSection", "DogHeadSection",
            "CascadeSection", "SweepSection", "BudgetSection", "FrozenDict", "parse_override"]
 
@@ -248,6 +248,15 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Co
         key, value = parse_override(item, path)
         _set(raw, key, value, path, " (--set)")
     return _build(raw, path)
+
+
+def config_from_dict(d: Mapping[str, Any], path: str = "<configuration>") -> Config:
+    """Validate a configuration held in memory (a copy is kept).
+
+    Parameters: d: the JSON form; path: names it in errors and becomes ``cfg.path``.
+    Returns: the validated Config.  Raises: ConfigError.
+    """
+    return _build(json.loads(json.dumps(d)), path)
 
 
 def load_or_exit(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Config:

@@ -1,21 +1,31 @@
-"""Few-shot heads on cached, L2-normalised CLIP features.
+"""Few-shot heads on cached, L2-normalised CLIP features: features -> logits.
 
-Every head: constructor = hyper-parameters, ``fit(...)``, ``logits(x)``,
-``predict_topk(x, k)``, ``state_dict()`` / ``load_state_dict()``,
-``save(path)`` / ``load(path)``.
+Every head is a scikit-learn style estimator (see ``base``): the constructor
+stores hyper-parameters and class-defining inputs (``text_weights``; for
+CoOp/CoCoOp the model and class names) unchanged;
+``fit(features, labels=None, val_features=None, val_labels=None) -> self``
+validates and learns; fitted state ends in ``_``; ``logits(x)``,
+``predict``, ``predict_topk(x, k)``, ``score``, ``save(path)`` /
+``load(path)``, ``get_params()`` / ``set_params()``.  ``HEADS`` maps a method
+name to its class and what a caller needs to build it.
+
+CoOp and CoCoOp (``jclip.heads.coop``) need Jittor and are not imported
+here; ``HEADS["coop"].cls`` imports them on use.
 """
-from .base import Head, l2_normalize, softmax, topk_ids
+from ..metrics import topk_ids
+from .base import Head, l2_normalize, softmax
 from .combine import combine
 from .inmap import InMaP, harden, learn_proxies, proxy_step, sinkhorn
 from .linear_probe import LinearProbe
 from .lpp import LPPlusPlus, lpp_init_alpha, lpp_init_weights, lpp_lr_alpha, lpp_lr_w
+from .registry import HEADS, HeadSpec, load_head
 from .templates import (DOMAIN_SUFFIXES, IMAGENET_7_TEMPLATES, IMAGENET_80_TEMPLATES,
                         SINGLE_TEMPLATE, class_prompts, clean_class_name, get_templates)
 from .tip_adapter import TipAdapter, TipAdapterF, search_grid
 from .zeroshot import ZeroShot, text_classifier_weights
 
 __all__ = [
-    "Head", "l2_normalize", "softmax", "topk_ids", "combine",
+    "Head", "HEADS", "HeadSpec", "load_head", "l2_normalize", "softmax", "topk_ids", "combine",
     "InMaP", "harden", "learn_proxies", "proxy_step", "sinkhorn",
     "LinearProbe", "LPPlusPlus", "lpp_init_alpha", "lpp_init_weights",
     "lpp_lr_alpha", "lpp_lr_w",

@@ -2,15 +2,22 @@
 
 The cascade mixes ViT-B/32 and RN101 heads, e.g. LP++ 0.6 ViT + 0.4 RN.
 """
+from typing import Optional, Sequence
+
 import numpy as np
 
 from .base import softmax
 
 
-def combine(outputs, weights=None, mode="logits"):
-    """sum_m weights[m] * outputs[m] (mode='logits') or of softmax(outputs[m])
-    (mode='probs').  All outputs must be (N, C) with the same shape; weights
-    default to equal and are used as given (not renormalised)."""
+def combine(outputs: Sequence[np.ndarray], weights: Optional[Sequence[float]] = None,
+            mode: str = "logits") -> np.ndarray:
+    """Weighted sum of several heads' outputs.
+
+    Parameters: outputs: (N, C) arrays of one shape; weights: one per output
+    (default equal; used as given, not renormalised); mode: 'logits' sums the
+    outputs, 'probs' their softmax.
+    Returns: (N, C) float64.
+    """
     outputs = [np.asarray(o, dtype=np.float64) for o in outputs]
     if not outputs:
         raise ValueError("nothing to combine")

@@ -10,13 +10,16 @@ Official defaults: lr 10, iters 2000, sinkhorn 20, tau_t 0.01, tau_i 0.04,
 alpha 0.6, gamma 0.  Class weights here are rows (C, D); the official code
 keeps them as columns (D, C) - the same arithmetic.
 """
+from typing import Callable, Optional, Sequence
+
 import numpy as np
-from tqdm import trange
 
-from .base import Head, as_features, softmax
+from ..progress import progress as progress_bar
+from .base import Head, as_features, check_number, softmax
 
 
-def sinkhorn(logits, tau_t=0.01, gamma=0.0, iters=20, class_prior=None):
+def sinkhorn(logits: np.ndarray, tau_t: float = 0.01, gamma: float = 0.0, iters: int = 20,
+             class_prior: Optional[Sequence[float]] = None) -> np.ndarray:
     """Balanced soft labels (N, C), each row summing to 1.
 
     Column mass goes to ``class_prior`` (C,) when given, else to
@@ -43,7 +46,7 @@ def sinkhorn(logits, tau_t=0.01, gamma=0.0, iters=20, class_prior=None):
     return p * n
 
 
-def harden(plabel, alpha):
+def harden(plabel: np.ndarray, alpha: float) -> np.ndarray:
     """Rows whose max exceeds alpha become one-hot (a copy)."""
     plabel = plabel.copy()
     idx = plabel.argmax(axis=1)
@@ -53,7 +56,8 @@ def harden(plabel, alpha):
     return plabel
 
 
-def proxy_step(x, proxies, target_stat, lr, tau_i, prev_grad_norm):
+def proxy_step(x: np.ndarray, proxies: np.ndarray, target_stat: np.ndarray, lr: float, tau_i: float,
+               prev_grad_norm: float):
     """One proxy-learning step; returns (proxies, lr, grad_norm).
 
     x (N, D); proxies (C, D) unit rows; target_stat = Q^T X (C, D).
@@ -68,8 +72,9 @@ def proxy_step(x, proxies, target_stat, lr, tau_i, prev_grad_norm):
     return proxies, lr, grad_norm
 
 
-def learn_proxies(x, text_weights, plabel, lr=10.0, iters=2000, tau_i=0.04, alpha=0.6,
-                  callback=None, progress=False):
+def learn_proxies(x: np.ndarray, text_weights: np.ndarray, plabel: np.ndarray, lr: float = 10.0,
+                  iters: int = 2000, tau_i: float = 0.04, alpha: float = 0.6,
+                  callback: Optional[Callable] = None, progress: bool = False) -> np.ndarray:
     """Vision proxies (C, D) from pseudo labels, starting at the text proxies.
 
     ``callback(step, proxies)``, when given, sees the proxies after every step
@@ -79,7 +84,7 @@ def learn_proxies(x, text_weights, plabel, lr=10.0, iters=2000, tau_i=0.04, alph
     target_stat = harden(plabel, alpha).T.astype(x.dtype) @ x
     proxies = text_weights.copy()
     grad_norm = np.inf
-    for i in trange(iters, desc="InMaP", unit="step", disable=not progress, leave=False):
+    for i in progress_bar(range(iters), desc="InMaP", unit="step", enabled=progress, leave=False):
         proxies, lr, grad_norm = proxy_step(x, proxies, target_stat, lr, tau_i, grad_norm)
         if callback is not None:
             callback(i + 1, proxies)
@@ -87,50 +92,89 @@ def learn_proxies(x, text_weights, plabel, lr=10.0, iters=2000, tau_i=0.04, alph
 
 
 class InMaP(Head):
-    """fit(test_features, text_weights); logits = X proxies^T / tau_i.
+    """InMaP head: logits = X proxies^T / tau_i, proxies learned on the
+    unlabelled features they will label (transductive).
 
+    Parameters: text_weights (C, D) unit class embeddings (the start
+    proxies and the pseudo-label source); lr, iters, iters_sinkhorn, tau_t,
+    tau_i, alpha, gamma: the official hyper-parameters; class_prior: (C,)
+    column mass for Sinkhorn (None: uniform, or gamma's rule);
     use_sinkhorn=False learns from the plain text softmax labels instead
-    (the official script's intermediate result).
+    (the official script's intermediate result); snapshots: step counts
+    <= iters whose proxies are kept, so one fit serves a sweep over
+    ``iters`` (``logits(x, at_iter=n)``); progress: show a progress bar.
+    Fitted: proxies_ (C, D), snapshots_ {step: (C, D)}, tau_i_.
     """
 
-    _state_keys = ("proxies", "tau_i")
+    _fitted = ("proxies_", "tau_i_")
 
-    def __init__(self, lr=10.0, iters=2000, iters_sinkhorn=20, tau_t=0.01,
-                 tau_i=0.04, alpha=0.6, gamma=0.0, class_prior=None,
-                 use_sinkhorn=True):
-        self.lr, self.iters, self.iters_sinkhorn = float(lr), int(iters), int(iters_sinkhorn)
-        self.tau_t, self.tau_i, self.alpha = float(tau_t), float(tau_i), float(alpha)
-        self.gamma, self.use_sinkhorn = float(gamma), bool(use_sinkhorn)
+    def __init__(self, text_weights: Optional[np.ndarray] = None, lr: float = 10.0, iters: int = 2000,
+                 iters_sinkhorn: int = 20, tau_t: float = 0.01, tau_i: float = 0.04, alpha: float = 0.6,
+                 gamma: float = 0.0, class_prior: Optional[Sequence[float]] = None,
+                 use_sinkhorn: bool = True, snapshots: Sequence[int] = (), progress: bool = False):
+        self.text_weights = text_weights
+        self.lr = lr
+        self.iters = iters
+        self.iters_sinkhorn = iters_sinkhorn
+        self.tau_t = tau_t
+        self.tau_i = tau_i
+        self.alpha = alpha
+        self.gamma = gamma
         self.class_prior = class_prior
-        self.proxies = None
+        self.use_sinkhorn = use_sinkhorn
+        self.snapshots = snapshots
+        self.progress = progress
 
-    def fit(self, features, text_weights, snapshots=(), progress=False):
-        """Learn the proxies.  ``snapshots``: step counts <= iters whose proxies
-        are kept in ``snapshots_`` {step: (C, D)} (one run serves many ``iters``);
-        ``progress``: show a progress bar."""
-        keep = sorted({int(s) for s in snapshots})
-        if keep and not 1 <= keep[0] <= keep[-1] <= self.iters:
-            raise ValueError(f"snapshots must lie in 1..{self.iters}, got {keep}")
-        self.snapshots_ = {}
-        t = as_features(text_weights, "text_weights")
+    def fit(self, features: np.ndarray, labels=None, val_features=None, val_labels=None) -> "InMaP":
+        """Learn the proxies on (N, D) normalised features (the ones to label).
+
+        Parameters: labels and the validation split are ignored (InMaP uses
+        no labels).
+        Returns: self.
+        """
+        iters = check_number("iters", self.iters, 1, integer=True)
+        lr = check_number("lr", self.lr, 0.0, strictly=True)
+        iters_sinkhorn = check_number("iters_sinkhorn", self.iters_sinkhorn, 0, integer=True)
+        tau_t = check_number("tau_t", self.tau_t, 0.0, strictly=True)
+        tau_i = check_number("tau_i", self.tau_i, 0.0, strictly=True)
+        alpha = check_number("alpha", self.alpha)
+        gamma = check_number("gamma", self.gamma, 0.0)
+        keep = sorted({check_number("snapshots", s, 1, integer=True) for s in self.snapshots})
+        if keep and not keep[-1] <= iters:
+            raise ValueError(f"snapshots must lie in 1..{iters}, got {keep}")
+        t = self._text_weights()
         x = as_features(features, dim=t.shape[1])
         t = t.astype(x.dtype)
         text_logits = x @ t.T
         if self.use_sinkhorn:
-            plabel = sinkhorn(text_logits, self.tau_t, self.gamma,
-                              self.iters_sinkhorn, self.class_prior)
+            plabel = sinkhorn(text_logits, tau_t, gamma, iters_sinkhorn, self.class_prior)
         else:
-            plabel = softmax(text_logits / self.tau_t, axis=1)
+            plabel = softmax(text_logits / tau_t, axis=1)
+        self.snapshots_ = {}
         keep = set(keep)
 
         def snapshot(step, proxies):
             if step in keep:
                 self.snapshots_[step] = proxies.copy()
-        self.proxies = learn_proxies(x, t, plabel, self.lr, self.iters, self.tau_i,
-                                     self.alpha, snapshot if keep else None, progress)
+        self.proxies_ = learn_proxies(x, t, plabel, lr, iters, tau_i, alpha,
+                                      snapshot if keep else None, bool(self.progress))
+        self.tau_i_ = tau_i
+        self.iters_ = iters
         return self
 
-    def logits(self, features):
+    def logits(self, features: np.ndarray, at_iter: Optional[int] = None) -> np.ndarray:
+        """(N, C) = features . proxies^T / tau_i.
+
+        Parameters: at_iter: use the proxies after that many steps (one of
+        ``snapshots``, or iters); None: after all ``iters``.
+        """
         self._check_fitted()
-        x = as_features(features, dim=self.proxies.shape[1], dtype=self.proxies.dtype)
-        return (x @ self.proxies.T) / self.tau_i
+        proxies = self.proxies_
+        if at_iter is not None and at_iter != self.iters_:
+            if at_iter not in self.snapshots_:
+                raise ValueError(f"no proxies kept at step {at_iter}: snapshots are "
+                                 f"{sorted(self.snapshots_)} (and {self.iters_}); fit with "
+                                 f"snapshots=(..., {at_iter})")
+            proxies = self.snapshots_[at_iter]
+        x = as_features(features, dim=proxies.shape[1], dtype=proxies.dtype)
+        return (x @ proxies.T) / self.tau_i_

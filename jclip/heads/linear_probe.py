@@ -7,11 +7,13 @@ gradient tolerance, warm-started along the C sweep (smallest C first).
 C is chosen on an explicit validation split.
 """
 import warnings
+from typing import Optional, Sequence
 
 import numpy as np
 import scipy.optimize
 
-from .base import Head, as_features, as_labels, softmax
+from ..metrics import topk_accuracy
+from .base import Head, as_features, as_labels, check_number, softmax, val_split
 
 
 def _objective(params, x, y, c, num_classes):
@@ -30,62 +32,75 @@ def _objective(params, x, y, c, num_classes):
 
 
 class LinearProbe(Head):
-    """fit(features, labels, val_features=None, val_labels=None).
+    """Multinomial logistic regression; C chosen on a validation split.
 
-    Without a validation split, ``Cs`` must hold a single C.
-    num_classes: inferred as max(label) + 1 when not given.
+    Parameters: Cs: the inverse regularisation strengths tried (smallest
+    first, warm-started); without a validation split Cs must hold one C.
+    max_iter, gtol: L-BFGS-B's limits.  num_classes: inferred as
+    max(label) + 1 when None (the labels must then cover every class).
+    Fitted: weight_ (C, D), bias_ (C,), C_, val_scores_ {C: accuracy}.
     """
 
-    _state_keys = ("weight", "bias", "C")
+    _fitted = ("weight_", "bias_")
 
-    def __init__(self, Cs=(0.1, 1.0, 10.0, 100.0, 1000.0), max_iter=2000, gtol=1e-5,
-                 num_classes=None):
+    def __init__(self, Cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0), max_iter: int = 2000,
+                 gtol: float = 1e-5, num_classes: Optional[int] = None):
+        self.Cs = Cs
+        self.max_iter = max_iter
+        self.gtol = gtol
         self.num_classes = num_classes
-        self.Cs = tuple(sorted(float(c) for c in np.atleast_1d(Cs)))
-        self.max_iter, self.gtol = int(max_iter), float(gtol)
-        self.weight = self.bias = self.C = None
 
-    def _solve(self, x, y, c, num_classes, start):
+    def _solve(self, x, y, c, num_classes, start, max_iter, gtol):
         res = scipy.optimize.minimize(
             _objective, start, args=(x, y, c, num_classes), jac=True,
             method="L-BFGS-B",
-            options={"maxiter": self.max_iter, "gtol": self.gtol, "ftol": 0.0})
+            options={"maxiter": max_iter, "gtol": gtol, "ftol": 0.0})
         grad_norm = float(np.abs(res.jac).max())
-        if not res.success and grad_norm > self.gtol * max(1.0, c):
+        if not res.success and grad_norm > gtol * max(1.0, c):
             warnings.warn(f"LinearProbe: C={c} stopped after {res.nit} iterations "
                           f"with gradient {grad_norm:.3g} ({res.message})",
                           RuntimeWarning, stacklevel=3)
         return res.x
 
-    def fit(self, features, labels, val_features=None, val_labels=None):
+    def fit(self, features: np.ndarray, labels: np.ndarray, val_features: Optional[np.ndarray] = None,
+            val_labels: Optional[np.ndarray] = None) -> "LinearProbe":
+        """Fit on (N, D) normalised features and (N,) labels.
+
+        Parameters: val_features / val_labels: the split that picks C.
+        Returns: self.
+        """
+        Cs = tuple(sorted(check_number("Cs", c, 0.0, strictly=True) for c in np.atleast_1d(self.Cs)))
+        if not Cs:
+            raise ValueError("Cs is empty")
+        max_iter = check_number("max_iter", self.max_iter, 1, integer=True)
+        gtol = check_number("gtol", self.gtol, 0.0, strictly=True)
         x = as_features(features).astype(np.float64)
+        if labels is None:
+            raise ValueError("LinearProbe needs labels")
         num_classes = self.num_classes
         if num_classes is None:     # infer; labels must then cover every class
             num_classes = int(np.max(labels)) + 1 if np.size(labels) else 0
+        num_classes = check_number("num_classes", num_classes, 1, integer=True)
         y = as_labels(labels, x.shape[0], num_classes)
-        if (val_features is None) != (val_labels is None):
-            raise ValueError("give both val_features and val_labels, or neither")
-        if val_features is None and len(self.Cs) > 1:
+        vx, vy = val_split(val_features, val_labels, x.shape[1], num_classes, np.float64)
+        if vx is None and len(Cs) > 1:
             raise ValueError("choosing C needs a validation split (val_features, val_labels)")
-        if val_features is not None:
-            vx = as_features(val_features, "val_features", dim=x.shape[1], dtype=np.float64)
-            vy = as_labels(val_labels, vx.shape[0], num_classes, "val_labels",
-                           every_class=False)
         dim = x.shape[1]
         params = np.zeros(num_classes * (dim + 1))
         best_acc, self.val_scores_ = -1.0, {}
-        for c in self.Cs:
-            params = self._solve(x, y, c, num_classes, params)
+        for c in Cs:
+            params = self._solve(x, y, c, num_classes, params, max_iter, gtol)
             w = params[:num_classes * dim].reshape(num_classes, dim)
             b = params[num_classes * dim:]
-            acc = float(((vx @ w.T + b).argmax(1) == vy).mean()) if val_features is not None else 0.0
+            acc = topk_accuracy(vx @ w.T + b, vy) if vx is not None else 0.0
             self.val_scores_[c] = acc
             if acc > best_acc:
-                best_acc, self.C = acc, c
-                self.weight, self.bias = w.astype(np.float32), b.astype(np.float32)
+                best_acc, self.C_ = acc, c
+                self.weight_, self.bias_ = w.astype(np.float32), b.astype(np.float32)
         return self
 
-    def logits(self, features):
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) = features . weight^T + bias."""
         self._check_fitted()
-        x = as_features(features, dim=self.weight.shape[1])
-        return x @ self.weight.T.astype(x.dtype) + self.bias.astype(x.dtype)
+        x = as_features(features, dim=self.weight_.shape[1])
+        return x @ self.weight_.T.astype(x.dtype) + self.bias_.astype(x.dtype)

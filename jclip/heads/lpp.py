@@ -15,20 +15,24 @@ As in the official ``LinearProbe_P2``:
 - model selection: after every epoch, the state with the best accuracy on the
   validation split (ties: the later epoch, as the official ``>=``).
 """
+from typing import Optional
+
 import numpy as np
 import scipy.linalg
 
-from .base import Head, as_features, as_labels, softmax
+from ..metrics import topk_accuracy
+from .base import Head, as_features, as_labels, check_number, softmax, val_split
 
 
-def lpp_init_weights(features, labels, num_classes):
+def lpp_init_weights(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, D) per-class sums of support features."""
     w = np.zeros((num_classes, features.shape[1]), dtype=features.dtype)
     np.add.at(w, labels, features)
     return w
 
 
-def lpp_init_alpha(features, labels, text_weights, scale=250.0):
+def lpp_init_alpha(features: np.ndarray, labels: np.ndarray, text_weights: np.ndarray,
+                   scale: float = 250.0) -> float:
     """scale x mean_k (mean over class k's shots of f_i . t_k)."""
     num_classes = text_weights.shape[0]
     own_cos = np.einsum("ij,ij->i", features, text_weights[labels])
@@ -37,7 +41,7 @@ def lpp_init_alpha(features, labels, text_weights, scale=250.0):
     return float(scale * per_class.mean())
 
 
-def lpp_lr_w(features):
+def lpp_lr_w(features: np.ndarray) -> float:
     """4N / lambda_max(F^T F)."""
     gram = (features.T @ features).astype(np.float64)
     d = gram.shape[0]
@@ -45,37 +49,56 @@ def lpp_lr_w(features):
     return float(4 * features.shape[0] / lam)
 
 
-def lpp_lr_alpha(features, text_weights):
+def lpp_lr_alpha(features: np.ndarray, text_weights: np.ndarray) -> float:
     """N / (4 max_k sum_i (f_i . t_k)^2)."""
     ft = (features @ text_weights.T).astype(np.float64)
     return float(features.shape[0] / (4 * (ft * ft).sum(axis=0).max()))
 
 
 class LPPlusPlus(Head):
-    """LP++ head.  fit(features, labels, text_weights, val_features, val_labels)."""
+    """LP++ head: logits = f W^T + b + alpha * (f t^T).
 
-    _state_keys = ("weight", "bias", "alpha", "text_weights")
+    Parameters: text_weights (C, D) unit class embeddings; epochs (300),
+    momentum (0.9), alpha_every (10), alpha_scale (250),
+    accumulate_alpha_grad (the official behaviour), seed (the bias init).
+    Fitted: weight_ (C, D), bias_ (C,), alpha_ (C,), text_weights_; lr_w_,
+    lr_alpha_, init_alpha_; with a validation split best_epoch_ and
+    val_accuracy_.
+    """
 
-    def __init__(self, epochs=300, momentum=0.9, alpha_every=10,
-                 alpha_scale=250.0, accumulate_alpha_grad=True, seed=0):
-        self.epochs, self.momentum = int(epochs), float(momentum)
-        self.alpha_every, self.alpha_scale = int(alpha_every), float(alpha_scale)
-        self.accumulate_alpha_grad = bool(accumulate_alpha_grad)
+    _fitted = ("weight_", "bias_", "alpha_", "text_weights_")
+
+    def __init__(self, text_weights: Optional[np.ndarray] = None, epochs: int = 300,
+                 momentum: float = 0.9, alpha_every: int = 10, alpha_scale: float = 250.0,
+                 accumulate_alpha_grad: bool = True, seed: int = 0):
+        self.text_weights = text_weights
+        self.epochs = epochs
+        self.momentum = momentum
+        self.alpha_every = alpha_every
+        self.alpha_scale = alpha_scale
+        self.accumulate_alpha_grad = accumulate_alpha_grad
         self.seed = seed
-        self.weight = self.bias = self.alpha = self.text_weights = None
 
-    def fit(self, features, labels, text_weights, val_features=None, val_labels=None):
-        t = as_features(text_weights, "text_weights")
+    def fit(self, features: np.ndarray, labels: np.ndarray, val_features: Optional[np.ndarray] = None,
+            val_labels: Optional[np.ndarray] = None) -> "LPPlusPlus":
+        """Train on (N, D) normalised shots and their labels (every class needs one).
+
+        Parameters: val_features / val_labels: the split that picks the epoch
+        (without it the last epoch is kept).
+        Returns: self.
+        """
+        epochs = check_number("epochs", self.epochs, 0, integer=True)
+        momentum = check_number("momentum", self.momentum, 0.0)
+        alpha_every = check_number("alpha_every", self.alpha_every, 1, integer=True)
+        alpha_scale = check_number("alpha_scale", self.alpha_scale)
+        accumulate = bool(self.accumulate_alpha_grad)
+        t = self._text_weights()
         num_classes, dim = t.shape
         x = as_features(features, dim=dim)
         t = t.astype(x.dtype)
         y = as_labels(labels, x.shape[0], num_classes)
-        if (val_features is None) != (val_labels is None):
-            raise ValueError("give both val_features and val_labels, or neither")
-        if val_features is not None:
-            vx = as_features(val_features, "val_features", dim=dim, dtype=x.dtype)
-            vy = as_labels(val_labels, vx.shape[0], num_classes, "val_labels",
-                           every_class=False)
+        vx, vy = val_split(val_features, val_labels, dim, num_classes, x.dtype)
+        if vx is not None:
             v_text = vx @ t.T
 
         n = x.shape[0]
@@ -83,7 +106,7 @@ class LPPlusPlus(Head):
         bound = 1.0 / np.sqrt(dim)
         w = lpp_init_weights(x, y, num_classes)
         b = rng.uniform(-bound, bound, num_classes).astype(x.dtype)
-        alpha = np.full(num_classes, lpp_init_alpha(x, y, t, self.alpha_scale), x.dtype)
+        alpha = np.full(num_classes, lpp_init_alpha(x, y, t, alpha_scale), x.dtype)
         self.lr_w_ = lr_w = lpp_lr_w(x)
         self.lr_alpha_ = lr_alpha = lpp_lr_alpha(x, t)
         self.init_alpha_ = float(alpha[0])
@@ -93,34 +116,36 @@ class LPPlusPlus(Head):
         buf_w = buf_b = None
         alpha_grad = np.zeros_like(alpha)
         best_acc, best = -1.0, (w.copy(), b.copy(), alpha.copy())
-        for epoch in range(self.epochs):
+        self.best_epoch_ = self.val_accuracy_ = None
+        for epoch in range(epochs):
             g = softmax(x @ w.T + b + alpha * x_text)
             g[rows, y] -= 1.0
             g /= n                                 # d(mean CE)/d logits
             grad_w, grad_b = g.T @ x, g.sum(axis=0)
             grad_alpha = np.einsum("ij,ij->j", g, x_text)
-            alpha_grad = alpha_grad + grad_alpha if self.accumulate_alpha_grad else grad_alpha
+            alpha_grad = alpha_grad + grad_alpha if accumulate else grad_alpha
             # torch SGD momentum (no dampening): buf = m*buf + g; p -= lr*buf
-            buf_w = grad_w if buf_w is None else self.momentum * buf_w + grad_w
-            buf_b = grad_b if buf_b is None else self.momentum * buf_b + grad_b
+            buf_w = grad_w if buf_w is None else momentum * buf_w + grad_w
+            buf_b = grad_b if buf_b is None else momentum * buf_b + grad_b
             w -= lr_w * buf_w
             b -= lr_w * buf_b
-            if (epoch + 1) % self.alpha_every == 0:
+            if (epoch + 1) % alpha_every == 0:
                 alpha -= lr_alpha * alpha_grad
-            if val_features is None:
+            if vx is None:
                 best = (w, b, alpha)
                 continue
-            acc = float(((vx @ w.T + b + alpha * v_text).argmax(1) == vy).mean())
+            acc = topk_accuracy(vx @ w.T + b + alpha * v_text, vy)
             if acc >= best_acc:
                 best_acc, best = acc, (w.copy(), b.copy(), alpha.copy())
                 self.best_epoch_ = epoch
-        if val_features is not None:
+        if vx is not None:
             self.val_accuracy_ = best_acc
-        self.weight, self.bias, self.alpha = best
-        self.text_weights = t
+        self.weight_, self.bias_, self.alpha_ = best
+        self.text_weights_ = t
         return self
 
-    def logits(self, features):
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) = f W^T + b + alpha * (f t^T)."""
         self._check_fitted()
-        x = as_features(features, dim=self.weight.shape[1], dtype=self.weight.dtype)
-        return x @ self.weight.T + self.bias + self.alpha * (x @ self.text_weights.T)
+        x = as_features(features, dim=self.weight_.shape[1], dtype=self.weight_.dtype)
+        return x @ self.weight_.T + self.bias_ + self.alpha_ * (x @ self.text_weights_.T)

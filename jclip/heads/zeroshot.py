@@ -5,18 +5,24 @@ as in CLIP's ImageNet notebook.  The text encoder comes in as a callable
 ``encode_text(list[str]) -> (len, D) array`` so this module does not depend
 on the model code (pass a feature-cached encoder to encode prompts once).
 """
+from typing import Callable, Optional, Sequence, Union
+
 import numpy as np
 
-from .base import Head, as_features, l2_normalize
+from .base import Head, as_features, check_number, l2_normalize
 from .templates import class_prompts
 
 
-def text_classifier_weights(class_names, encode_text, templates="imagenet7",
-                            domain_suffix=True):
+def text_classifier_weights(class_names: Sequence[str], encode_text: Callable,
+                            templates: Union[str, Sequence[str]] = "imagenet7",
+                            domain_suffix: bool = True) -> np.ndarray:
     """(C, D) float32 unit-norm class weights.
 
-    class_names: raw names ('Thu-dog_Shiba_Dog') or already clean ones.
-    All C x T prompts go to ``encode_text`` in one call, so it can batch.
+    Parameters: class_names: raw names ('Thu-dog_Shiba_Dog') or already clean
+    ones; encode_text(list[str]) -> (len, D) embeddings (all C x T prompts go
+    in one call, so it can batch); templates: a set name or a list of
+    templates; domain_suffix: add ", a type of dog." etc. from the raw name.
+    Returns: (C, D) float32 unit rows.
     """
     class_names = list(class_names)
     if not class_names:
@@ -34,21 +40,35 @@ def text_classifier_weights(class_names, encode_text, templates="imagenet7",
 
 
 class ZeroShot(Head):
-    """logits = logit_scale * f . W_t^T; nothing to fit."""
+    """CLIP zero-shot: logits = logit_scale * f . W_t^T; fit only checks and stores.
 
-    _state_keys = ("text_weights",)
+    Parameters: text_weights (C, D) unit class embeddings (see
+    ``text_classifier_weights``); logit_scale: CLIP's 100.
+    """
 
-    def __init__(self, text_weights=None, logit_scale=100.0):
-        self.logit_scale = float(logit_scale)
-        self.text_weights = None
-        if text_weights is not None:
-            self.fit(text_weights)
+    _fitted = ("text_weights_", "logit_scale_")
 
-    def fit(self, text_weights, *unused):
-        self.text_weights = as_features(text_weights, "text_weights")
+    def __init__(self, text_weights: Optional[np.ndarray] = None, logit_scale: float = 100.0):
+        self.text_weights = text_weights
+        self.logit_scale = logit_scale
+
+    def fit(self, features: Optional[np.ndarray] = None, labels=None, val_features=None,
+            val_labels=None) -> "ZeroShot":
+        """Check and store ``text_weights`` (nothing is learned).
+
+        Parameters: features, when given, are only checked against the text
+        width; labels and the validation split are ignored.
+        Returns: self.
+        """
+        t = self._text_weights()
+        self.logit_scale_ = check_number("logit_scale", self.logit_scale)
+        if features is not None:
+            as_features(features, dim=t.shape[1])
+        self.text_weights_ = t
         return self
 
-    def logits(self, features):
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) = logit_scale * features . text_weights^T."""
         self._check_fitted()
-        x = as_features(features, dim=self.text_weights.shape[1])
-        return self.logit_scale * (x @ self.text_weights.T.astype(x.dtype))
+        x = as_features(features, dim=self.text_weights_.shape[1])
+        return self.logit_scale_ * (x @ self.text_weights_.T.astype(x.dtype))

@@ -20,26 +20,24 @@ gives exactly the full-batch gradient.  Prompts are cut after the last EOT
 (exact, the mask is causal), so a pass costs ~10-20 positions, not 77.
 """
 import hashlib
-import json
 import math
-import os
 from collections import OrderedDict
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import jittor as jt
-from tqdm import tqdm
 
-from ..io import atomic_save_npz
-from .base import l2_normalize
-from .templates import clean_class_name
+from ..metrics import topk_ids
 from ..models.clip import normalize
 from ..models.tokenizer import get_tokenizer, tokenize
+from ..progress import progress as progress_bar
+from .base import Head, as_features, as_labels, check_number, l2_normalize, read_head_file
+from .templates import clean_class_name
 
 POSITIONS = ("end", "middle", "front")
-FORMAT_VERSION = 1
 
 
-def backbone_identity(model):
+def backbone_identity(model: Any):
     """(name, sha256) of the CLIP the prompts were learned on.  A model not
     loaded from a file is identified by a hash of its text-encoder weights."""
     name = getattr(model, "name", None) or "unnamed"
@@ -121,7 +119,7 @@ def _uniform(rng, shape, fan_in):
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
-def cosine_lr(epoch, epochs, lr, warmup_epochs=1, warmup_lr=1e-5):
+def cosine_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
     """Dassl's schedule: constant ``warmup_lr`` for the warm-up epochs, then
     cosine annealing over ``epochs`` evaluated at the epoch index."""
     if epoch < warmup_epochs:
@@ -129,41 +127,85 @@ def cosine_lr(epoch, epochs, lr, warmup_epochs=1, warmup_lr=1e-5):
     return 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))
 
 
-class CoOp:
+class CoOp(Head):
     """CoOp prompt learner.
 
-    n_ctx / ctx_init: ``ctx_init`` words ("a photo of a") initialise the
-    context from their token embeddings (M = their token count); None =
-    random N(0, 0.02) context of ``n_ctx`` vectors.  class_specific: one
-    context per class (cannot transfer to unseen classes).
+    Parameters: model: the CLIP model (frozen); class_names: the training
+    classes (raw or clean names); n_ctx / ctx_init: ``ctx_init`` words
+    ("a photo of a") initialise the context from their token embeddings
+    (M = their token count), None or "" = random N(0, 0.02) context of
+    ``n_ctx`` vectors; class_specific: one context per class (cannot transfer
+    to unseen classes); position: where the class tokens go ('end', 'middle',
+    'front'); epochs, batch_size, lr, momentum, weight_decay, warmup_epochs,
+    warmup_lr: SGD with Dassl's warm-up + cosine schedule; chunk_size: the
+    most prompts one text-encoder pass sees; seed; progress: progress bars.
+    Fitted: params_ {name: array} (the learner's parameters), n_ctx_,
+    class_names_, logit_scale_, history_ [(lr, mean loss, train accuracy)]
+    per epoch.
     """
 
     method = "coop"
+    _fitted = ("params_", "table_")
+    _unsaved_params = ("model",)
 
-    def __init__(self, model, class_names, n_ctx=4, ctx_init="a photo of a",
-                 class_specific=False, position="end", chunk_size=512, seed=0):
-        self.model, self.class_names = model, [str(n) for n in class_names]
-        self.class_specific, self.position = bool(class_specific), position
-        self.ctx_init, self.chunk_size, self.seed = ctx_init, int(chunk_size), seed
-        self.logit_scale = float(np.exp(model.logit_scale.numpy().reshape(-1)[0]))
-        self.width = model.token_embedding.weight.shape[1]
-        self.embed_dim = model.text_projection.shape[1]
-        rng = np.random.default_rng(seed)
-        if ctx_init:
-            ids = tokenize([ctx_init], model.context_length)[0]
+    def __init__(self, model: Any, class_names: Optional[Sequence[str]], n_ctx: int = 4,
+                 ctx_init: Optional[str] = "a photo of a", class_specific: bool = False,
+                 position: str = "end", epochs: int = 50, batch_size: int = 32, lr: float = 0.002,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, warmup_epochs: int = 1,
+                 warmup_lr: float = 1e-5, chunk_size: int = 512, seed: int = 0, progress: bool = False):
+        self.model = model
+        self.class_names = class_names
+        self.n_ctx = n_ctx
+        self.ctx_init = ctx_init
+        self.class_specific = class_specific
+        self.position = position
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.warmup_lr = warmup_lr
+        self.chunk_size = chunk_size
+        self.seed = seed
+        self.progress = progress
+
+    # -- state -----------------------------------------------------------------
+    def _init_state(self):
+        """The initial parameters and prompt table, from the hyper-parameters."""
+        if self.model is None:
+            raise ValueError(f"{type(self).__name__} needs the CLIP model")
+        if not self.class_names:
+            raise ValueError("class_names is empty")
+        if self.position not in POSITIONS:
+            raise ValueError(f"class token position must be one of {POSITIONS}, not {self.position!r}")
+        check_number("chunk_size", self.chunk_size, 1, integer=True)
+        model = self.model
+        self.class_names_ = [str(n) for n in self.class_names]
+        self.logit_scale_ = float(np.exp(model.logit_scale.numpy().reshape(-1)[0]))
+        width = model.token_embedding.weight.shape[1]
+        rng = np.random.default_rng(self.seed)
+        if self.ctx_init:
+            ids = tokenize([self.ctx_init], model.context_length)[0]
             n_ctx = int(ids.argmax()) - 1
             with jt.no_grad():
                 init = model.token_embedding(jt.array(ids[1:1 + n_ctx].astype(np.int32))).numpy()
         else:
-            init = rng.normal(0.0, 0.02, size=(n_ctx, self.width)).astype(np.float32)
+            n_ctx = check_number("n_ctx", self.n_ctx, 1, integer=True)
+            init = rng.normal(0.0, 0.02, size=(n_ctx, width)).astype(np.float32)
         if n_ctx < 1:
             raise ValueError("the context needs at least one vector")
-        self.n_ctx = n_ctx
-        k = len(self.class_names) if self.class_specific else 1
-        self.params = OrderedDict(ctx=np.repeat(init[None].astype(np.float32), k, axis=0))
+        self.n_ctx_ = n_ctx
+        k = len(self.class_names_) if self.class_specific else 1
+        self.params_ = OrderedDict(ctx=np.repeat(init[None].astype(np.float32), k, axis=0))
         self._init_extra(rng)
-        self.table = PromptTable(model, self.class_names, n_ctx, position)
+        self.table_ = PromptTable(model, self.class_names_, n_ctx, self.position)
         self.history_ = []
+
+    @property
+    def embed_dim(self) -> int:
+        """The CLIP feature width D."""
+        return int(self.model.text_projection.shape[1])
 
     def _init_extra(self, rng):
         pass
@@ -172,7 +214,7 @@ class CoOp:
     def _blocks(self, batch, num_classes):
         """(image ids, class ids) blocks covering batch x classes, each needing
         at most chunk_size text sequences (CoOp: text is shared by images)."""
-        step = max(1, self.chunk_size)
+        step = max(1, int(self.chunk_size))
         return [(np.arange(batch), np.arange(c, min(c + step, num_classes)))
                 for c in range(0, num_classes, step)]
 
@@ -181,57 +223,71 @@ class CoOp:
         ctx = p["ctx"]
         ctx_ids = cls_ids if self.class_specific else np.zeros(len(cls_ids), np.int64)
         text = table.encode(self.model, ctx, ctx_ids, cls_ids)
-        return self.logit_scale * jt.matmul(image_features[img_ids], text.transpose())
+        return self.logit_scale_ * jt.matmul(image_features[img_ids], text.transpose())
 
     def _vars(self):
-        return OrderedDict((k, jt.array(v)) for k, v in self.params.items())
+        return OrderedDict((k, jt.array(v)) for k, v in self.params_.items())
 
     def _table_for(self, class_names):
-        if class_names is None or [str(n) for n in class_names] == self.class_names:
-            return self.table
+        if class_names is None or [str(n) for n in class_names] == self.class_names_:
+            return self.table_
         if self.class_specific:
             raise ValueError("class-specific contexts exist only for the training classes")
-        return PromptTable(self.model, class_names, self.n_ctx, self.position)
+        return PromptTable(self.model, class_names, self.n_ctx_, self.position)
 
-    def logits(self, features, class_names=None, batch_size=64, progress=False):
-        """(N, C) numpy logits of normalised image features against
-        ``class_names`` (default: the training classes)."""
-        x = l2_normalize(np.asarray(features, dtype=np.float32))
+    def _features(self, features):
+        """Checked (N, D) float32 features, not yet normalised (the forward
+        passes normalise; normalising twice would change the last bits)."""
+        return as_features(features, dim=self.embed_dim, normalised=False, dtype=np.float32)
+
+    def logits(self, features: np.ndarray, class_names: Optional[Sequence[str]] = None,
+               batch_size: int = 64) -> np.ndarray:
+        """(N, C) logits of image features (normalised here) against
+        ``class_names`` (default: the training classes; other classes need a
+        shared context)."""
+        self._check_fitted()
+        x = l2_normalize(self._features(features))
         table = self._table_for(class_names)
         out = np.empty((len(x), table.num_classes), np.float32)
         with jt.no_grad():
             p = self._vars()
             starts = range(0, len(x), batch_size)
-            for s in tqdm(starts, desc=f"{self.method} logits", disable=not progress):
+            for s in progress_bar(starts, desc=f"{self.method} logits", unit="batch",
+                                  enabled=bool(self.progress)):
                 xb = jt.array(x[s:s + batch_size])
                 for img, cls in self._blocks(len(xb), table.num_classes):
                     out[s + img[:, None], cls[None, :]] = self._block_logits(p, xb, img, cls, table).numpy()
                 jt.gc()
         return out
 
-    def predict_topk(self, features, k=5, class_names=None):
-        return np.argsort(-self.logits(features, class_names), axis=1, kind="stable")[:, :k]
+    def predict_topk(self, features: np.ndarray, k: int = 5,
+                     class_names: Optional[Sequence[str]] = None) -> np.ndarray:
+        """(N, k) class ids best first (ties to the lower id)."""
+        return topk_ids(self.logits(features, class_names), k)
 
     # -- training ------------------------------------------------------------
-    def loss_and_grads(self, features, labels):
-        """(mean cross-entropy, {name: gradient ndarray}, logits) of one batch."""
+    def loss_and_grads(self, features: np.ndarray, labels: np.ndarray):
+        """(mean cross-entropy, {name: gradient ndarray}, logits) of one batch
+        at the current parameters (after ``fit``; ``epochs=0`` gives the
+        initial ones)."""
+        self._check_fitted()
         x = jt.array(l2_normalize(np.asarray(features, dtype=np.float32)))
         y = np.asarray(labels, dtype=np.int64)
-        blocks = self._blocks(len(y), self.table.num_classes)
+        blocks = self._blocks(len(y), self.table_.num_classes)
         p = self._vars()
         names = list(p)
         if len(blocks) == 1:
             img, cls = blocks[0]
-            logits = self._block_logits(p, x, img, cls, self.table)
+            logits = self._block_logits(p, x, img, cls, self.table_)
             loss = jt.nn.cross_entropy_loss(logits, jt.array(y.astype(np.int32)))
             grads = jt.grad(loss, [p[n] for n in names])
             return float(loss.numpy().reshape(-1)[0]), \
                 {n: g.numpy() for n, g in zip(names, grads)}, logits.numpy()
         # Two passes keep only one block's graph alive (see module docstring).
         with jt.no_grad():
-            full = np.empty((len(y), self.table.num_classes), np.float32)
+            full = np.empty((len(y), self.table_.num_classes), np.float32)
             for img, cls in blocks:
-                full[img[:, None], cls[None, :]] = self._block_logits(p, x, img, cls, self.table).numpy()
+                full[img[:, None], cls[None, :]] = self._block_logits(p, x, img, cls, self.table_).numpy()
                 jt.gc()
         z = full - full.max(axis=1, keepdims=True)
         prob = np.exp(z)
@@ -240,30 +296,41 @@ class CoOp:
         dlogits = prob.copy()
         dlogits[np.arange(len(y)), y] -= 1.0
         dlogits /= len(y)
-        total = {n: np.zeros_like(v) for n, v in self.params.items()}
+        total = {n: np.zeros_like(v) for n, v in self.params_.items()}
         for img, cls in blocks:
-            block = self._block_logits(p, x, img, cls, self.table)
+            block = self._block_logits(p, x, img, cls, self.table_)
             surrogate = (block * jt.array(dlogits[img[:, None], cls[None, :]])).sum()
             for n, g in zip(names, jt.grad(surrogate, [p[n] for n in names])):
                 total[n] += g.numpy()
             jt.gc()
         return loss, total, full
 
-    def fit(self, features, labels, epochs=10, batch_size=32, lr=0.002, momentum=0.9,
-            weight_decay=5e-4, warmup_epochs=1, warmup_lr=1e-5, progress=True):
-        """Train on normalised image features with SGD (Dassl's defaults:
-        momentum 0.9, weight decay 5e-4) and the warm-up + cosine schedule.
-        ``history_``: per epoch (lr, mean loss, train accuracy during the epoch)."""
-        x = np.asarray(features, dtype=np.float32)
-        y = np.asarray(labels, dtype=np.int64)
-        if x.ndim != 2 or x.shape[1] != self.embed_dim or len(x) != len(y):
-            raise ValueError(f"features must be (N, {self.embed_dim}) with N labels; "
-                             f"got {x.shape} and {y.shape}")
-        if len(y) == 0 or y.min() < 0 or y.max() >= self.table.num_classes:
-            raise ValueError(f"labels must be in [0, {self.table.num_classes})")
+    def fit(self, features: np.ndarray, labels: np.ndarray, val_features=None,
+            val_labels=None) -> "CoOp":
+        """Train on (N, D) image features (normalised here) and their labels.
+
+        SGD (Dassl's defaults: momentum 0.9, weight decay 5e-4) with the
+        warm-up + cosine schedule, for ``epochs`` epochs (0: the initial
+        prompts).  The validation split is not used (a fixed schedule, as
+        the official trainers).
+        Returns: self.
+        """
+        epochs = check_number("epochs", self.epochs, 0, integer=True)
+        batch_size = check_number("batch_size", self.batch_size, 1, integer=True)
+        lr = check_number("lr", self.lr, 0.0)
+        momentum = check_number("momentum", self.momentum, 0.0)
+        weight_decay = check_number("weight_decay", self.weight_decay, 0.0)
+        warmup_epochs = check_number("warmup_epochs", self.warmup_epochs, 0, integer=True)
+        warmup_lr = check_number("warmup_lr", self.warmup_lr, 0.0)
+        if self.class_specific and type(self).method != "coop":
+            raise ValueError(f"{type(self).__name__} has no class-specific context")
+        self._init_state()
+        x = self._features(features)
+        y = as_labels(labels, x.shape[0], self.table_.num_classes, every_class=False)
         rng = np.random.default_rng(self.seed)
-        buf = {n: np.zeros_like(v) for n, v in self.params.items()}
-        bar = tqdm(range(epochs), desc=f"training {self.method}", disable=not progress)
+        buf = {n: np.zeros_like(v) for n, v in self.params_.items()}
+        bar = progress_bar(range(epochs), desc=f"training {self.method}", unit="epoch",
+                           enabled=bool(self.progress))
         for epoch in bar:
             rate = cosine_lr(epoch, epochs, lr, warmup_epochs, warmup_lr)
             order = rng.permutation(len(y))
@@ -273,28 +340,57 @@ class CoOp:
                 loss, grads, logits = self.loss_and_grads(x[ids], y[ids])
                 correct += int((logits.argmax(1) == y[ids]).sum())
                 for n, g in grads.items():      # torch.optim.SGD, dampening 0
-                    g = g + weight_decay * self.params[n]
+                    g = g + weight_decay * self.params_[n]
                     buf[n] = momentum * buf[n] + g
-                    self.params[n] = (self.params[n] - rate * buf[n]).astype(np.float32)
+                    self.params_[n] = (self.params_[n] - rate * buf[n]).astype(np.float32)
                 losses.append(loss * len(ids))
             self.history_.append((rate, float(np.sum(losses) / len(y)), correct / len(y)))
             bar.set_postfix(loss=f"{self.history_[-1][1]:.4f}", acc=f"{self.history_[-1][2]:.3f}")
         return self
 
-    # -- persistence ---------------------------------------------------------
-    def config(self):
-        return dict(method=self.method, n_ctx=self.n_ctx, ctx_init=self.ctx_init or "",
-                    class_specific=self.class_specific, position=self.position,
-                    class_names=self.class_names, seed=self.seed)
+    # -- files ---------------------------------------------------------------
+    def _fitted_state(self):
+        state = super()._fitted_state()
+        del state["table_"]                 # rebuilt from the model on load
+        return state
 
-    def save(self, path):
-        """Only the learner's parameters, with the config and the backbone's
-        name and SHA-256 (a few KB for shared context)."""
+    def _to_file(self):
+        """Only the learner's parameters (a few KB for a shared context), the
+        hyper-parameters and the backbone's name and SHA-256."""
+        meta, arrays = super()._to_file()
+        meta["backbone"], meta["backbone_sha256"] = backbone_identity(self.model)
+        return meta, arrays
+
+    def _from_file(self, meta, arrays, path):
+        if self.model is None:
+            raise ValueError(f"{path}: loading a {type(self).__name__} needs the CLIP model")
         name, sha = backbone_identity(self.model)
-        meta = dict(self.config(), version=FORMAT_VERSION, backbone=name, backbone_sha256=sha)
-        arrays = {f"param/{k}": v for k, v in self.params.items()}
-        atomic_save_npz(path, dict(arrays, meta=np.array(json.dumps(meta))))
-        return path
+        if self._check_backbone and sha != meta["backbone_sha256"]:
+            raise ValueError(f"{path}: learned on {meta['backbone']} ({meta['backbone_sha256'][:16]}...), "
+                             f"not on this model {name} ({sha[:16]}...)")
+        self._restore_params(meta, arrays)
+        self._init_state()                  # the shapes this model gives
+        fitted = self._read_fitted(meta, arrays)
+        for k, v in fitted.pop("params_").items():
+            if k not in self.params_ or self.params_[k].shape != v.shape:
+                raise ValueError(f"{path}: parameter {k} {v.shape} does not fit this model")
+            self.params_[k] = v.astype(np.float32)
+        self.history_ = [tuple(h) for h in fitted.get("history_", [])]
+
+    _check_backbone = True
+
+    def load(self, path, check_backbone: bool = True) -> "CoOp":
+        """Restore a learner saved by ``save`` onto ``self.model``; its
+        hyper-parameters and class names come from the file.
+
+        Parameters: check_backbone: refuse a file learned on another CLIP.
+        Returns: self.  Raises ValueError naming the file.
+        """
+        self._check_backbone = bool(check_backbone)
+        try:
+            return super().load(path)
+        finally:
+            del self._check_backbone
 
 
 class CoCoOp(CoOp):
@@ -302,25 +398,28 @@ class CoCoOp(CoOp):
 
     pi = Linear(D, D // 16) -> ReLU -> Linear(D // 16, width), applied to the
     normalised image feature (D = embed_dim); torch layout (out, in).
+    Parameters: as CoOp (class_specific must stay False), with the official
+    config's epochs 10 and batch size 1.
     """
 
     method = "cocoop"
 
-    def __init__(self, model, class_names, n_ctx=4, ctx_init="a photo of a",
-                 position="end", chunk_size=512, seed=0):
-        super().__init__(model, class_names, n_ctx, ctx_init, False, position, chunk_size, seed)
+    def __init__(self, model: Any, class_names: Optional[Sequence[str]], epochs: int = 10,
+                 batch_size: int = 1, **coop_params):
+        super().__init__(model, class_names, epochs=epochs, batch_size=batch_size, **coop_params)
 
     def _init_extra(self, rng):
         d, h = self.embed_dim, max(1, self.embed_dim // 16)
-        self.params["meta_net.linear1.weight"] = _uniform(rng, (h, d), d)
-        self.params["meta_net.linear1.bias"] = _uniform(rng, (h,), d)
-        self.params["meta_net.linear2.weight"] = _uniform(rng, (self.width, h), h)
-        self.params["meta_net.linear2.bias"] = _uniform(rng, (self.width,), h)
+        width = self.model.token_embedding.weight.shape[1]
+        self.params_["meta_net.linear1.weight"] = _uniform(rng, (h, d), d)
+        self.params_["meta_net.linear1.bias"] = _uniform(rng, (h,), d)
+        self.params_["meta_net.linear2.weight"] = _uniform(rng, (width, h), h)
+        self.params_["meta_net.linear2.bias"] = _uniform(rng, (width,), h)
 
     def _blocks(self, batch, num_classes):
         """Whole images per block while classes fit a chunk, else one image
         and classes in chunks: at most chunk_size (image, class) prompts."""
-        step = max(1, self.chunk_size)
+        step = max(1, int(self.chunk_size))
         if num_classes <= step:
             per = step // num_classes
             return [(np.arange(b, min(b + per, batch)), np.arange(num_classes))
@@ -338,35 +437,15 @@ class CoCoOp(CoOp):
         ctx_ids = np.repeat(np.arange(b), c)
         text = table.encode(self.model, ctx, ctx_ids, np.tile(cls_ids, b))   # (B*C, D)
         text = text.reshape((b, c, -1))
-        return self.logit_scale * (xb.unsqueeze(1) * text).sum(-1)
+        return self.logit_scale_ * (xb.unsqueeze(1) * text).sum(-1)
 
 
-METHODS = {"coop": CoOp, "cocoop": CoCoOp}
-
-
-def load_prompt_learner(path, model, check_backbone=True):
-    """A CoOp/CoCoOp learner saved by ``save``, on ``model``.  Raises
-    ValueError when ``model`` is not the backbone it was trained on."""
-    try:
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            params = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{path}: not a saved prompt learner ({e})") from None
-    if meta.get("method") not in METHODS:
-        raise ValueError(f"{path}: unknown method {meta.get('method')!r}")
-    if check_backbone:
-        name, sha = backbone_identity(model)
-        if sha != meta["backbone_sha256"]:
-            raise ValueError(f"{path}: learned on {meta['backbone']} ({meta['backbone_sha256'][:16]}...), "
-                             f"not on this model {name} ({sha[:16]}...)")
-    kw = dict(n_ctx=meta["n_ctx"], ctx_init=meta["ctx_init"] or None,
-              position=meta["position"], seed=meta["seed"])
-    if meta["method"] == "coop":
-        kw["class_specific"] = meta["class_specific"]
-    learner = METHODS[meta["method"]](model, meta["class_names"], **kw)
-    for k, v in params.items():
-        if k not in learner.params or learner.params[k].shape != v.shape:
-            raise ValueError(f"{path}: parameter {k} {v.shape} does not fit this model")
-        learner.params[k] = v.astype(np.float32)
-    return learner
+def load_prompt_learner(path, model: Any, check_backbone: bool = True) -> CoOp:
+    """A CoOp / CoCoOp saved by ``save``, on ``model`` (the class is read
+    from the file).  Raises ValueError naming the file when it is not a
+    saved prompt learner or ``model`` is not the backbone it was trained on."""
+    meta, _ = read_head_file(path)
+    classes = {"CoOp": CoOp, "CoCoOp": CoCoOp}
+    if meta.get("head") not in classes:
+        raise ValueError(f"{path}: holds a {meta.get('head')} head, not a prompt learner")
+    return classes[meta["head"]](model, None).load(path, check_backbone)

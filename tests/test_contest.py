@@ -1,4 +1,6 @@
-"""Contest formats, the seeded split, process.py's errors, routing, result writing, budget counts."""
+"""Contest formats: class and `path label` lists (BOM, CRLF), the TrainSet scan,
+the seeded split, process.py's errors, test folders and result.txt.
+(Routing, result writing and the budget are tested in test_cascade.py / test_budget.py.)"""
 import os
 import subprocess
 import sys
@@ -7,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jclip.pipeline import budget
-from jclip.pipeline.cascade import class_masks, fallback_ids, load_config, route, write_result
-from jclip.data.lists import ListFormatError, read_classes, read_labelled_list
+from jclip.io import atomic_write_text
+from jclip.data.lists import ListFormatError, read_classes, read_labelled_list, write_classes, write_labelled_list
 from jclip.data.contest import ContestFormatError, check_result, domain_ranges, format_result, group_list, list_test_images, natural_key, scan_trainset, seeded_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +46,48 @@ def test_list_errors_name_file_and_line(tmp_path):
         read_labelled_list(str(p), 2)
     with pytest.raises(ContestFormatError, match="lies in the folder of 'A_a'"):
         group_list([("TrainSet/A/a/1.jpg", 1)], ["A_a", "A_b"], "l.txt")
+
+
+def _write(path, lines, bom=False, newline="\n"):
+    path.write_bytes((("\ufeff" if bom else "") + newline.join(lines) + newline).encode("utf-8"))
+    return str(path)
+
+
+@pytest.mark.parametrize("bom, newline", [(True, "\n"), (False, "\r\n"), (True, "\r\n")])
+def test_class_and_path_lists_accept_bom_and_crlf(tmp_path, bom, newline):
+    """A classes.txt saved by a Windows editor (BOM, CRLF) reads like the plain
+    file; before, the BOM became part of the first name and the folder check
+    said "labelled 0 (Animal_Bear) but lies in the folder of 'Animal_Bear'"."""
+    classes = ["Animal_Bear 0", "Animal_Bee 1", "Thu-dog_Shiba Inu 2"]
+    items = ["TrainSet/Animal/Bear/1.jpg 0", "TrainSet/Thu-dog/Shiba Inu/a b.jpg 2", "\tTrainSet/Animal/Bee/3.jpg\t1 "]
+    names = read_classes(_write(tmp_path / "classes.txt", classes, bom, newline))
+    assert names == read_classes(_write(tmp_path / "plain.txt", classes)) == ["Animal_Bear", "Animal_Bee", "Thu-dog_Shiba Inu"]
+    listed = read_labelled_list(_write(tmp_path / "train.txt", items, bom, newline), len(names))
+    assert listed == [("TrainSet/Animal/Bear/1.jpg", 0), ("TrainSet/Thu-dog/Shiba Inu/a b.jpg", 2),
+                      ("TrainSet/Animal/Bee/3.jpg", 1)]
+    assert group_list(listed, names, "train.txt")[0] == ["TrainSet/Animal/Bear/1.jpg"]
+
+
+def test_lists_round_trip_and_reject_what_would_not_read_back(tmp_path):
+    items = [("TrainSet/A/a b/1.jpg", 0), ("x.png", np.int64(3))]
+    write_labelled_list(str(tmp_path / "l.txt"), items)
+    assert (tmp_path / "l.txt").read_bytes() == b"TrainSet/A/a b/1.jpg 0\nx.png 3\n"
+    assert read_labelled_list(str(tmp_path / "l.txt")) == [("TrainSet/A/a b/1.jpg", 0), ("x.png", 3)]
+    write_classes(str(tmp_path / "c.txt"), ["A_a", "A_b c"])
+    assert read_classes(str(tmp_path / "c.txt")) == ["A_a", "A_b c"]
+    with pytest.raises(ListFormatError, match="cannot write path ' x.png'"):
+        write_labelled_list(str(tmp_path / "bad.txt"), [(" x.png", 1)])
+    assert not (tmp_path / "bad.txt").exists()
+    named = tmp_path / "named.txt"
+    named.write_text("# comment\ncat/1.jpg cat\n\ndog/2.jpg dog\n")
+    assert read_labelled_list(str(named), numeric=False) == [("cat/1.jpg", "cat"), ("dog/2.jpg", "dog")]
+    with pytest.raises(ListFormatError, match=r"named.txt:2: expected 'path label' with an integer label"):
+        read_labelled_list(str(named))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9.jpg 1\n".encode("latin-1"))
+    with pytest.raises(ListFormatError, match=r"latin1.txt: list is not UTF-8 text \(byte 3"):
+        read_labelled_list(str(tmp_path / "latin1.txt"))
+    with pytest.raises(ListFormatError, match="gone.txt: class list not found"):
+        read_classes(str(tmp_path / "gone.txt"))
 
 
 def _pool(n_classes=3, n=10):
@@ -93,8 +136,10 @@ def _tiny_root(tmp_path):
 
 
 def _process(*args):
-    return subprocess.run([sys.executable, "process.py", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "process.py", *map(str, args)], cwd=REPO,
+                       capture_output=True, text=True)
+    assert "Traceback" not in r.stderr, r.stderr      # bad input: one clear line, no traceback
+    return r
 
 
 def test_process_from_folders_and_clear_errors(tmp_path):
@@ -127,58 +172,20 @@ def test_natural_order_and_result_validation(tmp_path):
     rows = [("image_10.jpg", [5, 4, 3, 2, 1]), ("image_1.jpg", [0, 1, 2, 3, 4]),
             ("image_2.png", [9, 8, 7, 6, 5])]
     out = tmp_path / "result.txt"
-    write_result(str(out), rows, str(folder), 10, 5)
+    atomic_write_text(str(out), format_result(rows, 10))
     assert out.read_text() == "image_1.jpg 0 1 2 3 4\nimage_2.png 9 8 7 6 5\nimage_10.jpg 5 4 3 2 1\n"
     assert check_result(str(out), str(folder), 10)["image_2.png"][0] == 9
+    crlf = tmp_path / "crlf" / "result.txt"
+    crlf.parent.mkdir()
+    crlf.write_bytes(b"\xef\xbb\xbf" + out.read_bytes().replace(b"\n", b"\r\n"))
+    assert check_result(str(crlf), str(folder), 10) == check_result(str(out), str(folder), 10)
     with pytest.raises(ValueError, match="5 distinct"):
         format_result([("image_1.jpg", [1, 1, 2, 3, 4])], 10)
     with pytest.raises(ValueError, match="outside"):
         format_result([("image_1.jpg", [1, 2, 3, 4, 10])], 10)
-    before = out.read_text()
-    with pytest.raises(ValueError, match="missing"):       # a line short: nothing replaced
-        write_result(str(out), rows[:2], str(folder), 10, 5)
-    assert out.read_text() == before and sorted(os.listdir(tmp_path)) == ["TestSetB", "result.txt"]
-
-
-def test_routing_rules():
-    C, unseen, dogs = 12, 9, (5, 8)
-    inmap = np.zeros((3, C))
-    lpp = np.zeros((3, unseen))
-    inmap[0, 10] = 5          # unseen top-1 -> InMaP
-    inmap[1, 2] = inmap[2, 2] = 5
-    lpp[1, 1] = 5             # not a dog -> LP++
-    lpp[2, 6] = 5             # dog -> dog head
-    ids, stage = route(inmap, lpp, *class_masks(C, unseen, unseen, dogs), 5)
-    assert list(stage) == ["inmap", "lpp", "dog"]
-    assert ids[0, 0] == 10 and ids[1, 0] == 1 and max(ids[1]) < unseen
-
-
-def test_fallback_is_the_most_frequent_top1():
-    assert fallback_ids([3, 3, 7, 7, 1, 9, 9, 9], 12, 5) == [9, 3, 7, 1, 0]
-    assert fallback_ids([], 6, 5) == [0, 1, 2, 3, 4]
-
-
-def test_budget_default_config_matches_spec():
-    cfg = load_config(None, ["data.root=/nonexistent"])     # counted without weights or data
-    rows, stages, notes = budget.components(cfg)
-    params = dict(rows)
-    assert params["ViT-B/32 image tower"] == 87_849_216 and params["ViT-B/32 text tower"] == 63_428_097
-    assert params["RN101 image tower"] + params["RN101 text tower"] == 119_688_033
-    assert any("convnextv2_base: 88,717,800" in n for n in notes)
-    loaded, by_use = budget.totals(rows, stages)
-    clip = 151_277_313 + 119_688_033
-    conv = 88_717_800 - 1_025_000 + 130 * 1025
-    heads = 2 * 403 * 512 + 2 * (374 * 512 + 2 * 374)
-    assert loaded == clip + conv + heads
-    assert by_use == 2 * clip + conv + heads
-    for name, n in (("RN50", 102_007_137), ("ViT-B/16", 149_620_737)):
-        assert budget.count(budget.clip_shapes(name)) == n
-
-
-def test_config_overrides_are_checked():
-    cfg = load_config(None, ["lpp.epochs=7", "cascade.lpp_mix={\"vit\": 1.0}"])
-    assert cfg["lpp"]["epochs"] == 7 and cfg["cascade"]["lpp_mix"] == {"vit": 1.0}
-    with pytest.raises(ContestFormatError, match="no such setting"):
-        load_config(None, ["lpp.epoch=7"])
-    with pytest.raises(ContestFormatError, match="unknown backbones"):
-        load_config(None, ["cascade.inmap_mix={\"vit\": 0.5, \"b16\": 0.5}"])
+    (tmp_path / "short.txt").write_text(format_result(rows[:2], 10))
+    with pytest.raises(ValueError, match=r"missing \['image_2.png'\]"):
+        check_result(str(tmp_path / "short.txt"), str(folder), 10)
+    (tmp_path / "dup.txt").write_text(out.read_text() + "image_1.jpg 0 1 2 3 4\n")
+    with pytest.raises(ValueError, match="dup.txt:4: image_1.jpg given twice"):
+        check_result(str(tmp_path / "dup.txt"), str(folder), 10)

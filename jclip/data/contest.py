@@ -1,9 +1,11 @@
-"""The contest's file formats: class lists, `path label` lists, the seeded split.
+"""The contest's layout: the TrainSet scan, the seeded split, test folders, result.txt.
 
 Layout (SPEC section 1): ``<root>/TrainSet/<Domain>/<Class>/<n>.jpg``,
 ``classes.txt`` lines ``<Domain>_<Class> <id>``, the official ``train.txt``
 lines ``TrainSet/<Domain>/<Class>/<n>.jpg <label>``, flat test folders of
-``image_<n>.<ext>``.  Every reader names the file and line it rejects.
+``image_<n>.<ext>``.  The class and ``path label`` lists are read and
+written by ``jclip.data.lists``.  Every reader names the file and line it
+rejects.
 
 The 4-shot split is a pure function of (the sorted image paths of each class,
 the seed): numpy's ``default_rng(seed)`` draws per class in class-id order, so
@@ -11,6 +13,7 @@ the same seed gives the same list on any machine and file system.
 """
 import os
 import re
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,16 +25,17 @@ from .lists import read_classes, read_labelled_list, write_labelled_list  # noqa
 TRAIN_DIR = "TrainSet"
 
 
-class ContestFormatError(ListFormatError):
-    """A contest file or folder that does not have the expected format."""
+# A contest file or folder that does not have the expected format: the same
+# type as a bad list, so callers catching either name catch both.
+ContestFormatError = ListFormatError
 
 
-def domain_of(class_name):
+def domain_of(class_name: str) -> str:
     """'Thu-dog_Shiba_Dog' -> 'Thu-dog' (domains never contain '_')."""
     return class_name.split("_", 1)[0]
 
 
-def domain_ranges(names):
+def domain_ranges(names: Sequence[str]) -> Dict[str, Tuple[int, int]]:
     """{domain: (first id, last id)} for a class list whose domains are contiguous."""
     ranges = {}
     for i, name in enumerate(names):
@@ -42,7 +46,7 @@ def domain_ranges(names):
     return ranges
 
 
-def class_of_path(relpath):
+def class_of_path(relpath: str) -> Optional[str]:
     """'TrainSet/Animal/Bear/7.jpg' -> 'Animal_Bear' (None if not that layout)."""
     parts = relpath.replace("\\", "/").split("/")
     if len(parts) < 4 or parts[-4] != TRAIN_DIR:
@@ -54,7 +58,8 @@ def class_of_path(relpath):
 # The training set
 # --------------------------------------------------------------------------
 
-def check_root(root):
+def check_root(root: str) -> None:
+    """Raise ContestFormatError unless ``root`` holds a TrainSet/ folder."""
     if not os.path.isdir(root):
         raise ContestFormatError(f"{root}: dataset root not found")
     if not os.path.isdir(os.path.join(root, TRAIN_DIR)):
@@ -62,7 +67,7 @@ def check_root(root):
                                  f"that holds {TRAIN_DIR}/ and classes.txt")
 
 
-def scan_trainset(root, names):
+def scan_trainset(root: str, names: Sequence[str]) -> Dict[int, List[str]]:
     """{class id: sorted relpaths} from ``TrainSet/<Domain>/<Class>/`` folders."""
     check_root(root)
     ids = {n: i for i, n in enumerate(names)}
@@ -83,7 +88,7 @@ def scan_trainset(root, names):
     return by_class
 
 
-def group_list(items, names, source):
+def group_list(items: Iterable[Tuple[str, int]], names: Sequence[str], source: str) -> Dict[int, List[str]]:
     """{class id: sorted relpaths} from `path label` items, checking each
     path's class folder against its label."""
     by_class = {}
@@ -96,7 +101,9 @@ def group_list(items, names, source):
     return {y: sorted(set(ps)) for y, ps in by_class.items()}
 
 
-def seeded_split(by_class, shots, seed, val_per_class, usable, fixed=None, log=print):
+def seeded_split(by_class: Dict[int, List[str]], shots: int, seed: int, val_per_class: int,
+                 usable: Callable[[str], Optional[str]], fixed: Optional[Dict[int, List[str]]] = None,
+                 log: Callable[[str], Any] = print) -> Tuple[List[Tuple[str, int]], List[Tuple[str, int]], Dict[str, list]]:
     """(shots list, val list, report) of [(relpath, label)].
 
     For each class in id order: shuffle its sorted paths with
@@ -141,12 +148,12 @@ def seeded_split(by_class, shots, seed, val_per_class, usable, fixed=None, log=p
 _NUM = re.compile(r"(\d+)")
 
 
-def natural_key(name):
+def natural_key(name: str) -> list:
     """'image_10.jpg' sorts after 'image_9.png'."""
     return [int(t) if t.isdigit() else t for t in _NUM.split(name)]
 
 
-def list_test_images(folder):
+def list_test_images(folder: str) -> List[str]:
     """Image file names in a flat test folder, in natural order."""
     if not os.path.isdir(folder):
         raise ContestFormatError(f"{folder}: test folder not found")
@@ -160,7 +167,7 @@ def list_test_images(folder):
     return sorted(names, key=natural_key)
 
 
-def format_result(rows, num_classes, k=5):
+def format_result(rows: Iterable[Tuple[str, Sequence[int]]], num_classes: int, k: int = 5) -> str:
     """result.txt text from [(file name, ids)], validated; lines in natural order."""
     lines, seen = [], set()
     for name, ids in sorted(rows, key=lambda r: natural_key(r[0])):
@@ -176,21 +183,20 @@ def format_result(rows, num_classes, k=5):
     return "\n".join(lines) + "\n"
 
 
-def check_result(path, folder, num_classes, k=5):
+def check_result(path: str, folder: str, num_classes: int, k: int = 5) -> Dict[str, List[int]]:
     """Raise ValueError unless ``path`` has one valid line per image in ``folder``."""
     expected = set(list_test_images(folder))
     got = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split(" ")
-            if len(parts) != k + 1 or not all(x.isdigit() for x in parts[1:]):
-                raise ValueError(f"{path}:{n}: expected `name` and {k} ids, got {line!r}")
-            ids = [int(x) for x in parts[1:]]
-            if len(set(ids)) != k or max(ids) >= num_classes:
-                raise ValueError(f"{path}:{n}: ids must be {k} distinct in 0..{num_classes - 1}")
-            if parts[0] in got:
-                raise ValueError(f"{path}:{n}: {parts[0]} given twice")
-            got[parts[0]] = ids
+    for n, line in read_lines(path, "result"):
+        parts = line.split(" ")
+        if len(parts) != k + 1 or not all(x.isdigit() for x in parts[1:]):
+            raise ValueError(f"{path}:{n}: expected `name` and {k} ids, got {line!r}")
+        ids = [int(x) for x in parts[1:]]
+        if len(set(ids)) != k or max(ids) >= num_classes:
+            raise ValueError(f"{path}:{n}: ids must be {k} distinct in 0..{num_classes - 1}")
+        if parts[0] in got:
+            raise ValueError(f"{path}:{n}: {parts[0]} given twice")
+        got[parts[0]] = ids
     if set(got) != expected:
         missing, extra = sorted(expected - set(got)), sorted(set(got) - expected)
         raise ValueError(f"{path}: missing {missing[:5]}, not in folder {extra[:5]}")

@@ -24,7 +24,9 @@ Label = Union[int, str]
 
 
 class ListFormatError(ValueError):
-    """A text list (class list, ``path label`` list) that does not have the expected format."""
+    """A text list (class list, ``path label`` list) that does not have the
+    expected format; ``jclip.data.contest`` raises it for a bad contest folder
+    too (as ``ContestFormatError``)."""
 
 
 def read_lines(path: str, what: str = "list") -> List[Tuple[int, str]]:

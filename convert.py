@@ -1,17 +1,24 @@
 #!/usr/bin/env python
 """Convert official CLIP / ConvNeXt-V2 checkpoints into jclip weights.
 
-No PyTorch needed.  With no arguments, makes weights/ViT-B-32.pkl,
-weights/RN101.pkl and weights/convnextv2_base_1k_224_ema.pkl from the
-originals in pretrained/, downloading (and verifying) any that are missing.
+No PyTorch needed.  With no arguments, makes weights/ViT-B-32.safetensors,
+weights/RN101.safetensors and weights/convnextv2_base_1k_224_ema.safetensors
+from the originals in pretrained/, downloading (and verifying) any that are
+missing.  ``--format pkl`` (or an ``--out`` ending in ``.pkl``) writes
+Jittor's ``.pkl`` instead.  One model failing does not stop the others; the
+exit status is 1 when any failed, and the failures are listed at the end.
 """
 import argparse
 import os
 import sys
 
-from jclip.weights.checkpoint import CheckpointError, convert_checkpoint, is_up_to_date, read_meta, sniff_format
 from jclip.io import sha256_file
 from jclip.weights import download as dl
+from jclip.weights.checkpoint import FORMATS, CheckpointError, convert_checkpoint, \
+    format_for_path, is_up_to_date, read_meta, sniff_format
+
+# What one failed model may raise (anything else is a bug and should show).
+FAILURES = (CheckpointError, ValueError, KeyError, OSError)
 
 
 def _dtype(args):
@@ -36,18 +43,18 @@ def convert_one(src, out, model, dtype, force, expected_sha=None, log=print):
 
 
 def convert_model(name, src_dir, out_dir, dtype, force=False,
-                  allow_download=True, urls=None, progress=True, log=print):
+                  allow_download=True, progress=True, log=print,
+                  fmt="safetensors", timeout=dl.STALL_TIMEOUT, max_time=dl.MAX_TIME):
     """Make out_dir/<weights> for a named model, fetching the original into
-    src_dir first when it is missing."""
-    urls = urls or dl.model_urls()
-    if name not in urls:
+    src_dir first when it is missing.  The original is checked against the
+    model card's published SHA-256 whatever URL it comes from."""
+    try:
+        url, expected = dl.model_source(name)
+    except KeyError:
         raise CheckpointError(
-            f"{name}: unknown model; known: {', '.join(urls)}")
-    url = urls[name]
-    # The card's published hash holds whatever the URL (a mirror included).
-    expected = dl.known_sha256(name, url)
-    src = os.path.join(src_dir, dl.source_filename(name, urls))
-    out = os.path.join(out_dir, dl.output_filename(name))
+            f"{name}: unknown model; known: {', '.join(dl.model_urls())}") from None
+    src = os.path.join(src_dir, dl.source_filename(name, {name: url}))
+    out = os.path.join(out_dir, dl.output_filename(name, fmt))
     if not os.path.isfile(src):
         # An up-to-date output needs no original: OpenAI's by its published
         # hash; ConvNeXt (no published hash) by the model recorded in it.
@@ -63,31 +70,36 @@ def convert_model(name, src_dir, out_dir, dtype, force=False,
         # Without a published hash, at least refuse an error page or a
         # truncated archive before keeping it.
         dl.download(url, src, sha256=expected, verify=sniff_format,
-                    progress=progress)
+                    progress=progress, timeout=timeout, max_time=max_time)
     return convert_one(src, out, name, dtype, force, expected, log)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(
         description="Convert official CLIP and ConvNeXt-V2 checkpoints into "
-        "jclip weights (.pkl files jittor.load reads). PyTorch is not needed.",
+        "jclip weights (.safetensors by default; .pkl files jittor.load reads "
+        "with --format pkl). PyTorch is not needed.",
         epilog="examples:\n"
         "  python convert.py                       # the default models\n"
         "  python convert.py --models ViT-B/16 RN50 --half\n"
-        "  python convert.py ~/Downloads/ViT-B-32.pt --out weights/ViT-B-32.pkl\n"
+        "  python convert.py ~/Downloads/ViT-B-32.pt --out weights/ViT-B-32.safetensors\n"
+        "  python convert.py --format pkl          # Jittor .pkl files instead\n"
         "\nknown models: " + ", ".join(dl.MODEL_URLS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", nargs="?", metavar="PATH",
                    help="convert this one checkpoint file instead of named "
-                   "models (TorchScript, torch.save zip or legacy, or .pkl)")
+                   "models (TorchScript, torch.save zip or legacy, .safetensors or .pkl)")
     p.add_argument("--out", metavar="FILE",
-                   help="output file for PATH (default: OUT_DIR/<stem>.pkl)")
+                   help="output file for PATH (default: OUT_DIR/<stem>.safetensors); "
+                   "a name ending in .pkl gives Jittor's format unless --format says otherwise")
     p.add_argument("--name", metavar="MODEL",
                    help="model name recorded for PATH (default: recognised "
-                   "from the OpenAI hash, else the file stem)")
+                   "from the published hash, else the file stem)")
     p.add_argument("--models", nargs="+", metavar="MODEL",
                    default=list(dl.DEFAULT_MODELS),
                    help="models to convert (default: %(default)s)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="output format (default: safetensors, or pkl for an --out ending in .pkl)")
     p.add_argument("--src", default="pretrained", metavar="DIR",
                    help="folder of original checkpoints; missing ones are "
                    "downloaded here (default: %(default)s)")
@@ -99,31 +111,42 @@ def main(argv=None):
                    help="convert even when the output is up to date")
     p.add_argument("--no-download", action="store_true",
                    help="fail instead of downloading a missing original")
+    p.add_argument("--timeout", type=float, default=dl.STALL_TIMEOUT, metavar="S",
+                   help="a download with no data for S seconds fails (default: %(default)s)")
+    p.add_argument("--max-time", type=float, default=dl.MAX_TIME, metavar="S",
+                   help="a download taking longer than S seconds in all fails "
+                   "(default: %(default)s)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar or messages, only errors")
     args = p.parse_args(argv)
     log = (lambda *a: None) if args.quiet else print
     dtype = _dtype(args)
+    if args.timeout <= 0 or args.max_time <= 0:
+        p.error("--timeout and --max-time must be positive")
 
-    failures = 0
+    failed = []
+
+    def fail(what, e):
+        print(f"error: {e}", file=sys.stderr)
+        failed.append(what)
+
     if args.path:
         if not os.path.isfile(args.path):
             p.error(f"{args.path}: no such file")
+        fmt = args.format or (format_for_path(args.out) if args.out else "safetensors")
         out = args.out or os.path.join(
-            args.out_dir, os.path.splitext(os.path.basename(args.path))[0]
-            + ".pkl")
+            args.out_dir, os.path.splitext(os.path.basename(args.path))[0] + "." + fmt)
         try:
             sha = sha256_file(args.path)
             name = args.name or dl.known_model_for_sha256(sha)
-            if not args.force and is_up_to_date(out, sha, dtype):
+            if not args.force and is_up_to_date(out, sha, dtype, fmt):
                 log(f"{out}: up to date")
             else:
-                log(f"{args.path} -> {out} ({dtype})")
+                log(f"{args.path} -> {out} ({dtype}, {fmt})")
                 convert_checkpoint(args.path, out, model=name, dtype=dtype,
-                                   source_sha256=sha)
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failures += 1
+                                   source_sha256=sha, fmt=fmt)
+        except FAILURES as e:
+            fail(args.path, e)
     else:
         if args.out or args.name:
             p.error("--out and --name go with PATH; use --out-dir for models")
@@ -132,11 +155,14 @@ def main(argv=None):
                 convert_model(name, args.src, args.out_dir, dtype,
                               force=args.force,
                               allow_download=not args.no_download,
-                              progress=not args.quiet, log=log)
-            except CheckpointError as e:
-                print(f"error: {e}", file=sys.stderr)
-                failures += 1
-    return 1 if failures else 0
+                              progress=not args.quiet, log=log,
+                              fmt=args.format or "safetensors",
+                              timeout=args.timeout, max_time=args.max_time)
+            except FAILURES as e:
+                fail(name, e)
+    if failed:
+        print(f"failed ({len(failed)}): {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

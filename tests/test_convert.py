@@ -198,14 +198,16 @@ def test_corrupt_file_leaves_no_output(tmp_path):
 
 def test_download_verify_convert_then_skip(tmp_path, server, vit_file):
     data = vit_file.read_bytes()
-    url = server(f"/{sha256(data)}/ViT-B-32.pt", data)
+    # A stand-in for OpenAI's file: the mirror entry states its own hash
+    # (a bare mirror URL keeps the card's published one, tested below).
+    url = {"url": server(f"/{sha256(data)}/ViT-B-32.pt", data), "sha256": sha256(data)}
     src, out = tmp_path / "pretrained", tmp_path / "weights"
     args = ("--models", "ViT-B/32", "--src", src, "--out-dir", out)
     r = run_convert(*args, urls={"ViT-B/32": url})
     assert r.returncode == 0, r.stderr
-    assert listing(src) == ["ViT-B-32.pt"] and listing(out) == ["ViT-B-32.pkl"]
+    assert listing(src) == ["ViT-B-32.pt"] and listing(out) == ["ViT-B-32.safetensors"]
     assert (src / "ViT-B-32.pt").read_bytes() == data
-    sd, meta = read_state_dict(out / "ViT-B-32.pkl")
+    sd, meta = read_state_dict(out / "ViT-B-32.safetensors")
     assert meta["model"] == "ViT-B/32" and meta["source_sha256"] == sha256(data)
     assert len(server.hits) == 1
     # Up to date: with the original present, and without it (the published
@@ -237,6 +239,8 @@ def test_interrupted_download_leaves_nothing(tmp_path, server, vit_file,
     # a short body must be caught.
     path = (f"/{sha256(data)}/x.pt" if name == "ViT-B/32" else "/cnx.pt")
     url = server(path, data, mode="truncate")
+    if name == "ViT-B/32":
+        url = {"url": url, "sha256": sha256(data)}
     src, out = tmp_path / "pretrained", tmp_path / "weights"
     r = run_convert("--models", name, "--src", src, "--out-dir", out,
                     urls={name: url})
@@ -263,7 +267,7 @@ def test_convnext_download_records_computed_hash(tmp_path, server,
     r = run_convert(*args, urls={"convnextv2_base": url})
     assert r.returncode == 0, r.stderr
     weights = out / output_filename("convnextv2_base")
-    assert weights.name == "convnextv2_base_1k_224_ema.pkl"
+    assert weights.name == "convnextv2_base_1k_224_ema.safetensors"
     sd, meta = read_state_dict(weights)
     assert meta["source_sha256"] == sha256(data)
     assert meta["architecture"] == "convnextv2"
@@ -275,13 +279,14 @@ def test_convnext_download_records_computed_hash(tmp_path, server,
 
 def test_one_failure_does_not_stop_the_others(tmp_path, server, vit_file):
     data = vit_file.read_bytes()
-    good = server(f"/{sha256(data)}/ViT-B-32.pt", data)
+    good = {"url": server(f"/{sha256(data)}/ViT-B-32.pt", data), "sha256": sha256(data)}
     bad = server("/" + "1" * 64 + "/RN101.pt", data)
     src, out = tmp_path / "pretrained", tmp_path / "weights"
     r = run_convert("--models", "RN101", "ViT-B/32", "--src", src,
                     "--out-dir", out, urls={"ViT-B/32": good, "RN101": bad})
     assert r.returncode == 1 and "RN101" in r.stderr
-    assert listing(out) == ["ViT-B-32.pkl"]
+    assert "failed (1): RN101" in r.stderr
+    assert listing(out) == ["ViT-B-32.safetensors"]
 
 
 def test_reconvert_jclip_file_to_half(tmp_path, vit_file):
@@ -302,3 +307,41 @@ def test_unknown_architecture_pkl_refused(tmp_path):
     r = run_convert(tmp_path / "odd.pkl", "--out", tmp_path / "o.pkl")
     assert r.returncode == 1 and "unknown architecture" in r.stderr
     assert not (tmp_path / "o.pkl").exists()
+
+
+@pytest.mark.parametrize("path", ["/mirror/RN101.pt",
+                                  "/" + "2" * 64 + "/RN101.pt"])
+def test_mirror_url_keeps_published_hash(tmp_path, server, vit_file, path):
+    # A mirror URL (with no hash, or another hash in it) for an OpenAI model
+    # is still checked against OpenAI's published SHA-256.
+    url = server(path, vit_file.read_bytes())
+    src, out = tmp_path / "pretrained", tmp_path / "weights"
+    r = run_convert("--models", "RN101", "--src", src, "--out-dir", out,
+                    urls={"RN101": url})
+    assert r.returncode == 1
+    assert "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599" in r.stderr
+    assert listing(src, out) == []
+
+
+def test_default_output_is_safetensors_and_format_pkl(tmp_path, vit_file):
+    from safetensors.numpy import load_file
+    r = run_convert(vit_file, "--out-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    st = tmp_path / "ViT-B-32.safetensors"
+    assert listing(tmp_path) == ["ViT-B-32.safetensors"]
+    sd, meta = read_state_dict(st)
+    assert meta["format"] == "jclip" and meta["architecture"] == "clip"
+    # The package's own reader gives the same arrays; no pickle inside.
+    ref = load_file(str(st))
+    assert sorted(ref) == sorted(sd)
+    assert all(np.array_equal(ref[k], sd[k]) and ref[k].dtype == sd[k].dtype for k in sd)
+    # --format pkl, and an --out ending in .pkl, give Jittor's format.
+    r = run_convert(vit_file, "--out-dir", tmp_path, "--format", "pkl")
+    assert r.returncode == 0, r.stderr
+    r = run_convert(vit_file, "--out", tmp_path / "x.pkl")
+    assert r.returncode == 0, r.stderr
+    for name in ("ViT-B-32.pkl", "x.pkl"):
+        assert (tmp_path / name).read_bytes()[-8:] == b"HCAJSLHD"
+        got, m = read_state_dict(tmp_path / name)
+        assert m["format"] == "jclip" and list(got) == list(sd)
+        assert all(np.array_equal(got[k], sd[k]) for k in sd)

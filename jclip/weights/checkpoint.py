@@ -1,116 +1,62 @@
 """Checkpoint files: read any supported checkpoint as numpy, write jclip's.
 
-jclip weights are Jittor's own ``.pkl`` format (what ``jittor.save`` writes
-and ``jittor.load`` reads): a pickled flat dict ``name -> numpy array``
-followed by the pickle's SHA-1 and the tag ``HCAJSLHD``.  One reserved key,
-``"__jclip_meta__"``, holds a dict of plain str/int values (model name, the
-source file's SHA-256, dtype...).
+jclip weights are ``safetensors`` files by default (no code, no pickle; the
+``safetensors`` package reads them): tensors plus string metadata, where the
+key ``"jclip_meta"`` holds the JSON of jclip's meta (model name, the source
+file's SHA-256, dtype...).  A path ending in ``.pkl`` gets Jittor's own format
+instead (what ``jittor.save`` writes and ``jittor.load`` reads): a pickled
+flat dict ``name -> numpy array`` whose reserved key ``"__jclip_meta__"``
+holds the meta, followed by the pickle's SHA-1 and the tag ``HCAJSLHD``.
 
-Reading never executes code from the file: ``.pkl`` files go through an
-unpickler that resolves only numpy's array-rebuilding globals, and torch
-files through :mod:`jclip.torch_reader`.
+Reading never executes code from the file and never trusts a size it
+declares: ``.pkl`` files go through :mod:`jclip.weights.pkl` (arrays rebuilt
+from raw bytes with plain dtypes), torch files through
+:mod:`jclip.weights.torch_reader`, safetensors through the package's checked
+parser.  Every failure is one :class:`CheckpointError` naming the file (and
+the tensor, where there is one); float tensors must be finite.
 """
 import hashlib
+import json
 import os
 import pickle
 import re
+import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
 
+from . import pkl as _pkl
+from . import safetensors_io
 from . import torch_reader
+from .safe_pickle import FormatError
 from ..io import atomic_open, sha256_file
 from .naming import timm_to_official
 
-META_KEY = "__jclip_meta__"
+META_KEY = "__jclip_meta__"          # the meta's key inside a .pkl
+ST_META_KEY = "jclip_meta"           # the meta's key in safetensors metadata
 FORMAT = "jclip-weights"
 FORMAT_VERSION = 1
-_JITTOR_TAG = b"HCAJSLHD"   # jittor.save's trailer: sha1(pickle) + tag
-_TRAILER = 20 + len(_JITTOR_TAG)
+FORMATS = ("safetensors", "pkl")     # what save_state_dict writes
+_JITTOR_TAG = _pkl.JITTOR_TAG
 
 
 class CheckpointError(ValueError):
     """A checkpoint file cannot be used; the message names the file."""
 
 
+def format_for_path(path, fmt=None):
+    """The format ``save_state_dict`` writes to ``path``: ``fmt`` when given,
+    else "pkl" for a ``.pkl`` name and "safetensors" for anything else."""
+    if fmt is None:
+        fmt = "pkl" if os.fspath(path).endswith(".pkl") else "safetensors"
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    return fmt
+
 
 # ------------------------------------------------------------------ reading
-
-_NUMPY_GLOBALS = {
-    (mod, name): None
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-}
-_NUMPY_GLOBALS.update({(mod, "_frombuffer"): None
-                       for mod in ("numpy.core.numeric", "numpy._core.numeric")})
-_NUMPY_GLOBALS.update({("numpy", "ndarray"): None, ("numpy", "dtype"): None})
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Plain containers, scalars and numpy arrays; every other global is
-    refused before it is even imported."""
-
-    def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        if (module, name) in _NUMPY_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load global '{module}.{name}' (jclip weights hold "
-            "only containers and numpy arrays)")
-
-
-def _check_plain(obj, where="the file"):
-    """Reject anything but containers, scalars and non-object arrays (an
-    object array could smuggle arbitrary objects)."""
-    if isinstance(obj, np.ndarray) or isinstance(obj, np.generic):
-        if obj.dtype.hasobject:
-            raise pickle.UnpicklingError(f"object array in {where}")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, where)
-            _check_plain(v, f"entry {k!r}")
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _check_plain(v, where)
-    elif not (obj is None or isinstance(obj, (str, bytes, int, float, bool))):
-        raise pickle.UnpicklingError(
-            f"unexpected {type(obj).__name__} in {where}")
-
-
-def _read_pkl(path, size):
-    with open(path, "rb") as f:
-        if size >= _TRAILER:
-            f.seek(size - len(_JITTOR_TAG))
-            if f.read() == _JITTOR_TAG:
-                # jittor.save's checksum: catches truncation and corruption.
-                f.seek(size - _TRAILER)
-                digest = f.read(20)
-                f.seek(0)
-                h, left = hashlib.sha1(), size - _TRAILER
-                while left:
-                    block = f.read(min(left, 1 << 20))
-                    h.update(block)
-                    left -= len(block)
-                if h.digest() != digest:
-                    raise CheckpointError(
-                        f"{path}: checksum mismatch, the file is corrupt or "
-                        "truncated; delete it and convert again")
-        f.seek(0)
-        try:
-            obj = _ArrayUnpickler(f).load()
-            _check_plain(obj)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(f"{path}: unsafe or invalid pickle: {e}") \
-                from None
-        except (EOFError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError, ImportError, MemoryError,
-                UnicodeDecodeError) as e:
-            raise CheckpointError(
-                f"{path}: corrupt pickle ({type(e).__name__}: {e})") from None
-    return obj
-
 
 def _describe_junk(head):
     text = head.lstrip().lower()
@@ -145,7 +91,23 @@ def _unwrap(obj, path):
         out[k[len("module."):] if k.startswith("module.") else k] = v
     if not out:
         raise CheckpointError(f"{path}: contains no tensors")
+    check_finite(out, path)
     return out
+
+
+def check_finite(state_dict, path="checkpoint"):
+    """CheckpointError naming the first float tensor holding NaN or Inf (a
+    broken file would otherwise surface later as a NaN feature blamed on an
+    image).  Attention masks (``*attn_mask``, e.g. in OpenAI's TorchScript
+    files) hold -inf by design and may; never NaN.  min/max propagate NaN and
+    show Inf without a temporary array."""
+    for k, v in state_dict.items():
+        if v.dtype.kind == "f" and v.size and not (
+                np.isfinite(v.min()) and np.isfinite(v.max())):
+            if np.isnan(v).any():
+                raise CheckpointError(f"{path}: tensor {k!r} holds NaN values")
+            if not k.endswith("attn_mask"):
+                raise CheckpointError(f"{path}: tensor {k!r} holds infinite values")
 
 
 WEIGHTS_SUFFIXES = (".safetensors", ".pkl")   # jclip's own, preferred first
@@ -166,10 +128,16 @@ def find_weights(path):
     return None
 
 
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
+               struct.error, OverflowError, NotImplementedError, KeyError,
+               IndexError, UnicodeDecodeError, RuntimeError)
+
+
 def sniff_format(path):
-    """("zip" | "torch-legacy" | "pickle", size) from the first bytes; an
-    empty file, an HTML page or other bytes raise CheckpointError.  Cheap: a
-    downloader can reject an error page before keeping it."""
+    """("zip" | "torch-legacy" | "safetensors" | "pickle", size) from the
+    first bytes; an empty file, an HTML page or other bytes raise
+    CheckpointError.  Cheap: a downloader can reject an error page before
+    keeping it."""
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
@@ -182,52 +150,87 @@ def sniff_format(path):
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         try:   # the central directory sits at the end: catches truncation
             zipfile.ZipFile(path).close()
-        except (zipfile.BadZipFile, OSError) as e:
+        except _ZIP_ERRORS as e:
             raise CheckpointError(
-                f"{path}: corrupt or truncated zip archive ({e})") from None
+                f"{path}: corrupt or truncated zip archive ({str(e)[:200]})") from None
         return "zip", size
     if torch_reader.is_legacy(head):
         return "torch-legacy", size
+    if safetensors_io.looks_like(head, size):
+        return "safetensors", size
     if head.startswith(b"\x80"):
         return "pickle", size
     raise CheckpointError(f"{path}: {_describe_junk(head)}")
 
 
+def _parse_meta(raw, path):
+    """A stored meta: a dict of str -> str/int, else CheckpointError."""
+    if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and type(v) in (str, int) for k, v in raw.items()):
+        raise CheckpointError(f"{path}: malformed jclip meta (str -> str/int expected)")
+    return dict(raw)
+
+
+def _read_any(path, kind, size):
+    """(object holding the state dict, meta) for one sniffed format."""
+    meta = {}
+    if kind == "zip":
+        obj, meta["format"] = torch_reader.read_zip(path)
+    elif kind == "torch-legacy":
+        obj, meta["format"] = torch_reader.read_legacy(path), "torch-legacy"
+    elif kind == "safetensors":
+        obj, stored = safetensors_io.read(path)
+        if ST_META_KEY in stored:
+            try:
+                meta.update(_parse_meta(json.loads(stored[ST_META_KEY]), path))
+            except ValueError:
+                raise CheckpointError(f"{path}: malformed jclip meta (not JSON)") from None
+        meta["format"] = "jclip" if ST_META_KEY in stored else "safetensors"
+    else:
+        with open(path, "rb") as f:
+            obj = _pkl.read_pkl(f, size)
+        stored = obj.get(META_KEY) if isinstance(obj, dict) else None
+        if stored is not None:
+            meta.update(_parse_meta(stored, path))
+        meta["format"] = "jclip" if stored else "pickle"
+    return obj, meta
+
+
 def read_state_dict(path):
     """Read a checkpoint into (``{name: ndarray}``, meta).
 
-    The format is found from the content, not the extension: a jclip/Jittor
-    ``.pkl``, a torch zip file (TorchScript archive or plain ``torch.save``)
-    or a legacy (pre-1.6) torch file.  A ``{'model': ...}`` or
-    ``{'state_dict': ...}`` wrapper and ``module.`` prefixes are removed.
-    meta is the stored ``__jclip_meta__`` for jclip files, plus ``"format"``
-    (``"jclip"``, ``"pickle"``, ``"torchscript"``, ``"torch-zip"`` or
-    ``"torch-legacy"``).  Raises CheckpointError naming the file.
+    The format is found from the content, not the extension: a jclip
+    safetensors or ``.pkl`` file (or any safetensors / Jittor ``.pkl``), a
+    torch zip file (TorchScript archive or plain ``torch.save``) or a legacy
+    (pre-1.6) torch file.  A ``{'model': ...}`` or ``{'state_dict': ...}``
+    wrapper and ``module.`` prefixes are removed.  meta is the stored jclip
+    meta for jclip files, plus ``"format"`` (``"jclip"``, ``"safetensors"``,
+    ``"pickle"``, ``"torchscript"``, ``"torch-zip"`` or ``"torch-legacy"``).
+
+    Raises CheckpointError naming the file for anything unreadable, hostile
+    or holding NaN/Inf floats.
     """
     path = os.fspath(path)
     kind, size = sniff_format(path)
-    meta = {}
     try:
-        if kind == "zip":
-            obj, meta["format"] = torch_reader.read_zip(path)
-        elif kind == "torch-legacy":
-            obj, meta["format"] = torch_reader.read_legacy(path), "torch-legacy"
-        else:
-            obj = _read_pkl(path, size)
-            stored = obj.get(META_KEY) if isinstance(obj, dict) else None
-            if isinstance(stored, dict):
-                meta.update(stored)
-            meta["format"] = "jclip" if stored else "pickle"
-    except torch_reader.TorchFormatError as e:
+        obj, meta = _read_any(path, kind, size)
+        return _unwrap(obj, path), meta
+    except CheckpointError:
+        raise
+    except FormatError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e})") from None
-    return _unwrap(obj, path), meta
+    except MemoryError:
+        raise CheckpointError(f"{path}: declares more data than memory holds") from None
+    except Exception as e:   # noqa: BLE001 - a hostile file must not escape as a raw traceback
+        raise CheckpointError(
+            f"{path}: unreadable {kind} file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def read_meta(path):
-    """The ``__jclip_meta__`` of a jclip weights file, or None when the file
-    is missing, unreadable or not a jclip file."""
+    """The jclip meta of a jclip weights file, or None when the file is
+    missing, unreadable or not a jclip file."""
     try:
         sd, meta = read_state_dict(path)
     except CheckpointError:
@@ -248,34 +251,55 @@ class _HashingWriter:
         return self.f.write(b)
 
 
+def _caster(dtype):
+    """cast(name, array): float arrays to ``dtype``, checked to stay finite
+    (a float32 value beyond 65504 would become Inf in float16)."""
+    dtype = np.dtype(dtype)
+
+    def cast(name, arr):
+        if arr.dtype.kind != "f" or arr.dtype == dtype:
+            return arr
+        out = arr.astype(dtype)
+        if out.size and not (np.isfinite(out.min()) and np.isfinite(out.max())) and \
+                np.isfinite(arr.min()) and np.isfinite(arr.max()):
+            raise ValueError(f"entry {name!r}: values overflow {dtype}")
+        return out
+    return cast
+
+
 class _CastingPickler(pickle.Pickler):
     """Casts each float array to the output dtype as it is written, so only
     one converted array exists at a time (not a second full state dict)."""
 
-    def __init__(self, file, dtype):
+    def __init__(self, file, cast, names):
         super().__init__(file, protocol=4)
-        self.dtype = np.dtype(dtype)
+        self.cast, self.names = cast, names   # names: id(array) -> key
         # No memo: it would keep every array's bytes alive until the end
         # (a full second copy of the weights); the dict has no cycles.
         self.fast = True
 
     def reducer_override(self, obj):
-        if isinstance(obj, np.ndarray) and obj.dtype.kind == "f" and \
-                obj.dtype != self.dtype:
-            return obj.astype(self.dtype).__reduce_ex__(4)
+        if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+            out = self.cast(self.names.get(id(obj), "?"), obj)
+            if out is not obj:
+                return out.__reduce_ex__(4)
         return NotImplemented
 
 
-def save_state_dict(path, state_dict, meta, dtype="float32"):
+def save_state_dict(path, state_dict, meta, dtype="float32", fmt=None):
     """Write ``state_dict`` (name -> array) and ``meta`` (str -> str/int) as
-    a jclip ``.pkl`` that ``jittor.load`` reads.
+    jclip weights; returns the meta written.
 
-    Floating-point arrays are stored as ``dtype`` (``"float32"`` or
-    ``"float16"``); integer and bool arrays keep theirs.  The file appears
-    atomically: it is written under a temporary name in the same folder and
-    renamed, so a crash never leaves a partial file under ``path``.
+    ``fmt`` "safetensors" (the default, except for a path ending in ``.pkl``)
+    or "pkl" (Jittor's format, which ``jittor.load`` reads; see
+    :func:`format_for_path`).  Floating-point arrays are stored as ``dtype``
+    (``"float32"`` or ``"float16"``); integer and bool arrays keep theirs.
+    Float arrays must be finite.  The file appears atomically: it is written
+    under a temporary name in the same folder and renamed, so a crash or a
+    signal never leaves a partial file under ``path``.
     """
     path = os.fspath(path)
+    fmt = format_for_path(path, fmt)
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
     meta = dict(meta, dtype=dtype, format=FORMAT, format_version=FORMAT_VERSION)
@@ -283,19 +307,30 @@ def save_state_dict(path, state_dict, meta, dtype="float32"):
         if not isinstance(k, str) or not isinstance(v, (str, int)) \
                 or isinstance(v, bool):
             raise ValueError(f"meta entry {k!r}: only str -> str/int allowed")
-    out = OrderedDict([(META_KEY, meta)])
+    arrays = OrderedDict()
     for k, v in state_dict.items():
-        if k == META_KEY:
-            raise ValueError(f"{META_KEY!r} is reserved")
+        if k in (META_KEY, ST_META_KEY):
+            raise ValueError(f"{k!r} is reserved")
         v = np.asarray(v)
-        if v.dtype.hasobject:
-            raise ValueError(f"entry {k!r}: object arrays cannot be saved")
-        out[k] = v
-
+        if v.dtype.hasobject or v.dtype.names is not None:
+            raise ValueError(f"entry {k!r}: object or structured arrays cannot be saved")
+        arrays[k] = v
+    try:
+        check_finite(arrays, path)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
+    cast = _caster(dtype)
     with atomic_open(path, fsync=True) as f:
-        w = _HashingWriter(f)
-        _CastingPickler(w, dtype).dump(out)
-        f.write(w.sha1.digest() + _JITTOR_TAG)
+        if fmt == "safetensors":
+            # Readable copies of the main fields next to the typed JSON.
+            plain = {k: str(meta[k]) for k in ("model", "source_sha256", "architecture")
+                     if k in meta}
+            safetensors_io.write(f, arrays, {**plain, ST_META_KEY: json.dumps(meta)}, cast)
+        else:
+            w = _HashingWriter(f)
+            names = {id(v): k for k, v in arrays.items()}
+            _CastingPickler(w, cast, names).dump(OrderedDict([(META_KEY, meta), *arrays.items()]))
+            f.write(w.sha1.digest() + _JITTOR_TAG)
     return meta
 
 
@@ -408,20 +443,25 @@ def prepare_state_dict(state_dict, path="checkpoint"):
 
 # ------------------------------------------------------- conversion
 
-def is_up_to_date(out, source_sha256, dtype="float32"):
+def is_up_to_date(out, source_sha256, dtype="float32", fmt=None):
     """True when ``out`` is a readable jclip file converted from a source
-    with this SHA-256, in this dtype, by this format version."""
+    with this SHA-256, in this dtype, by this format version, in the format
+    ``fmt`` (default: the one :func:`format_for_path` gives ``out``)."""
     meta = read_meta(out) if os.path.isfile(out) else None
+    want = "safetensors" if format_for_path(out, fmt) == "safetensors" else "pickle"
     return bool(meta) and meta.get("source_sha256") == source_sha256 and \
         meta.get("dtype") == dtype and \
-        meta.get("format_version") == FORMAT_VERSION
+        meta.get("format_version") == FORMAT_VERSION and \
+        sniff_format(out)[0] == want
 
 
 def convert_checkpoint(src, out, model=None, dtype="float32",
-                       source_sha256=None):
+                       source_sha256=None, fmt=None):
     """Convert the checkpoint ``src`` into the jclip file ``out``; returns the
     meta written.  ``model`` names the model in the meta (default: the source
-    file's stem, or the model recorded in a jclip source).  On any error nothing is left at ``out``."""
+    file's stem, or the model recorded in a jclip source); ``fmt`` as for
+    :func:`save_state_dict`.  On any error (unreadable, hostile, NaN/Inf,
+    unknown architecture) nothing is left at ``out``."""
     src, out = os.fspath(src), os.fspath(out)
     sha = source_sha256 or sha256_file(src)
     state_dict, src_meta = read_state_dict(src)
@@ -434,4 +474,7 @@ def convert_checkpoint(src, out, model=None, dtype="float32",
         "source_sha256": sha,
         "source_format": src_meta["format"],
     }
-    return save_state_dict(out, state_dict, meta, dtype=dtype)
+    try:
+        return save_state_dict(out, state_dict, meta, dtype=dtype, fmt=fmt)
+    except ValueError as e:   # e.g. a value overflowing float16
+        raise CheckpointError(f"{src}: {e}") from None

@@ -16,8 +16,16 @@ Every pickle goes through :class:`_RestrictedUnpickler`, which resolves only
 the handful of globals these layouts use, to inert local stand-ins; anything
 else (``os.system``, ``builtins.eval``...) raises, so a crafted file cannot
 run code.
+
+Every size a file declares (shapes, strides, offsets, storage sizes, pickle
+record lengths) is checked against the bytes actually present before anything
+is allocated, and the bytes materialised are capped by a
+:class:`~jclip.weights.safe_pickle.Budget` derived from the file's size (see
+docs/security.md).
 """
 import io
+import math
+import os
 import pickle
 import re
 import struct
@@ -26,6 +34,8 @@ import zlib
 from collections import OrderedDict
 
 import numpy as np
+
+from .safe_pickle import Budget, FormatError, check_depth, check_index, check_shape, prescan
 
 # Little-endian (byteorder "little" is what torch writes on every platform
 # jclip runs on; a "big" archive is byte-swapped below).
@@ -39,9 +49,7 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + _LEGACY_MAGIC.to_bytes(10, "little")
 
 
-class TorchFormatError(ValueError):
-    """The bytes are not a readable torch checkpoint (no file name: the
-    caller adds it)."""
+TorchFormatError = FormatError   # the old name; one error class for every reader
 
 
 class ScriptObject:
@@ -76,8 +84,9 @@ class _TensorRef:
     (the legacy format stores the bytes after the pickle)."""
 
     def __init__(self, storage, offset, shape, stride):
-        self.storage, self.offset = storage, int(offset)
-        self.shape, self.stride = tuple(shape), tuple(stride)
+        # Checked in _materialize (a hostile file can put anything here).
+        self.storage, self.offset = storage, offset
+        self.shape, self.stride = shape, stride
 
 
 def _rebuild_tensor(storage, offset, shape, stride, *_ignored):
@@ -158,19 +167,35 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._pid(pid)
 
 
-def _unpickle(data_or_file, persistent_load=None):
-    f = io.BytesIO(data_or_file) if isinstance(data_or_file, bytes) \
-        else data_or_file
+def _unpickle(data_or_file, persistent_load=None, end=None):
+    """One restricted pickle from bytes, or from a file object whose size is
+    ``end``; record lengths are checked first (:func:`prescan`)."""
+    if isinstance(data_or_file, (bytes, bytearray)):
+        f, end = io.BytesIO(data_or_file), len(data_or_file)
+    else:
+        f = data_or_file
+    prescan(f, end)
     try:
-        return _RestrictedUnpickler(f, persistent_load).load()
+        obj = _RestrictedUnpickler(f, persistent_load).load()
     except TorchFormatError:
         raise
     except pickle.UnpicklingError as e:
         raise TorchFormatError(str(e)) from None
-    except (EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, struct.error, UnicodeDecodeError) as e:
-        raise TorchFormatError(f"corrupt pickle ({type(e).__name__}: {e})") \
+    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            struct.error, UnicodeDecodeError, OverflowError, MemoryError,
+            RecursionError) as e:
+        raise TorchFormatError(f"corrupt pickle ({type(e).__name__}: {str(e)[:200]})") \
             from None
+    check_depth(obj, children=_children)
+    return obj
+
+
+def _children(obj):
+    """What check_depth walks into: containers and TorchScript modules' state."""
+    if isinstance(obj, ScriptObject):
+        state = getattr(obj, "state", None)
+        return list(state.values()) if isinstance(state, dict) else ()
+    return None
 
 
 def _storage_pid(pid):
@@ -180,34 +205,41 @@ def _storage_pid(pid):
     return pid
 
 
-def _materialize(ref):
+def _materialize(ref, budget):
     """ndarray for a _TensorRef: a view of the storage when it covers it all
-    contiguously (no copy), else a strided copy."""
+    contiguously (no copy), else a strided copy charged to ``budget``.  Shape,
+    stride and offset are checked (Python ints, no overflow) first."""
     st = ref.storage
     data = st.data
     if data is None:
         raise TorchFormatError(f"storage {st.key} has no data")
-    n = int(np.prod(ref.shape, dtype=np.int64))
+    what = f"tensor in storage {st.key}"
+    shape = check_shape(ref.shape, what)
+    stride = check_shape(ref.stride, what + " (stride)")
+    offset = check_index(ref.offset, what + " offset")
+    if len(stride) != len(shape):
+        raise TorchFormatError(f"{what}: shape {shape} and stride {stride} differ in length")
+    n = math.prod(shape)
     if n == 0:
-        arr = np.empty(ref.shape, data.dtype)
+        arr = np.empty(shape, data.dtype)
     else:
-        last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride))
-        if ref.offset < 0 or min(ref.stride, default=0) < 0 or last >= data.size:
+        last = offset + sum((d - 1) * s for d, s in zip(shape, stride))
+        if last >= data.size:
             raise TorchFormatError(
-                f"tensor of shape {ref.shape} runs past its storage "
+                f"tensor of shape {shape} runs past its storage "
                 f"{st.key} ({data.size} elements)")
-        contiguous = tuple(int(np.prod(ref.shape[i + 1:], dtype=np.int64))
-                           for i in range(len(ref.shape)))
-        if ref.offset == 0 and n == data.size and \
-                all(d == 1 or s == c for d, s, c in
-                    zip(ref.shape, ref.stride, contiguous)):
-            arr = data.reshape(ref.shape)
+        contiguous = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
+        if offset == 0 and n == data.size and \
+                all(d == 1 or s == c for d, s, c in zip(shape, stride, contiguous)):
+            arr = data.reshape(shape)
         else:
             item = data.dtype.itemsize
+            # A stride-0 view of 2**40 elements would be a 4 TiB copy.
+            budget.take(n * item, f"tensor of shape {shape} (storage {st.key})")
             arr = np.lib.stride_tricks.as_strided(
-                data[ref.offset:], ref.shape,
-                tuple(s * item for s in ref.stride)).copy()
+                data[offset:], shape, tuple(s * item for s in stride)).copy()
     if st.type.name == "BFloat16Storage":
+        budget.take(arr.size * 4, f"bfloat16 tensor of shape {shape}")
         wide = arr.astype(np.uint32).reshape(-1)
         wide <<= 16  # in place: keeps uint32 (no promotion for 0-d arrays)
         arr = wide.view(np.float32).reshape(arr.shape)
@@ -216,27 +248,28 @@ def _materialize(ref):
     return arr
 
 
-def _resolve(obj, memo=None):
+def _resolve(obj, budget, memo=None):
     """Replace every _TensorRef inside containers and ScriptObjects by its
-    ndarray (in place for ScriptObjects, so shared modules stay shared)."""
+    ndarray (in place for ScriptObjects, so shared modules stay shared).
+    Depth was bounded by _unpickle's check_depth."""
     if memo is None:
         memo = {}
     if id(obj) in memo:
         return memo[id(obj)]
     if isinstance(obj, _TensorRef):
-        out = _materialize(obj)
+        out = _materialize(obj, budget)
     elif isinstance(obj, dict):
-        out = type(obj)((k, _resolve(v, memo)) for k, v in obj.items()) \
+        out = type(obj)((k, _resolve(v, budget, memo)) for k, v in obj.items()) \
             if isinstance(obj, OrderedDict) else \
-            {k: _resolve(v, memo) for k, v in obj.items()}
+            {k: _resolve(v, budget, memo) for k, v in obj.items()}
     elif isinstance(obj, list):
-        out = [_resolve(v, memo) for v in obj]
+        out = [_resolve(v, budget, memo) for v in obj]
     elif isinstance(obj, tuple):
-        out = tuple(_resolve(v, memo) for v in obj)
+        out = tuple(_resolve(v, budget, memo) for v in obj)
     elif isinstance(obj, ScriptObject):
         memo[id(obj)] = obj
         if isinstance(getattr(obj, "state", None), dict):
-            obj.state = {k: _resolve(v, memo) for k, v in obj.state.items()}
+            obj.state = {k: _resolve(v, budget, memo) for k, v in obj.state.items()}
         return obj
     else:
         out = obj
@@ -256,7 +289,36 @@ def _zip_root(zf):
     return roots[0]
 
 
-def _parse_declarations(zf, root):
+_MAX_CODE = 64 << 20   # code/*.py and data.pkl: OpenAI's are < 1 MB
+
+
+def _read_member(zf, name, limit, budget):
+    """The bytes of zip member ``name``, decompressing at most ``limit`` bytes
+    (and no more than ``budget`` allows): a zip bomb stops at the bound, and a
+    member whose real size differs from its directory entry is refused."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise TorchFormatError(f"zip member {name} is missing") from None
+    if info.file_size > limit:
+        raise TorchFormatError(
+            f"zip member {name} declares {info.file_size} bytes, more than the "
+            f"{limit} it may hold")
+    budget.take(info.file_size, f"zip member {name}")
+    try:
+        with zf.open(info) as f:
+            data = f.read(info.file_size + 1)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
+            NotImplementedError, RuntimeError) as e:
+        raise TorchFormatError(f"corrupt zip member {name} ({str(e)[:200]})") from None
+    if len(data) != info.file_size:
+        raise TorchFormatError(
+            f"zip member {name} holds {len(data)} bytes, its directory entry says "
+            f"{info.file_size}")
+    return data
+
+
+def _parse_declarations(zf, root, budget):
     """{qualname: (parameters, buffers)} from the ``code/`` of a TorchScript
     archive; ``buffers`` is None when the file predates ``__buffers__``."""
     decls = {}
@@ -266,7 +328,7 @@ def _parse_declarations(zf, root):
         if not (name.startswith(root + "code/") and name.endswith(".py")):
             continue
         module = name[len(root + "code/"):-3].replace("/", ".")
-        text = zf.read(name).decode("utf-8", "replace")
+        text = _read_member(zf, name, _MAX_CODE, budget).decode("utf-8", "replace")
         for m in head.finditer(text):
             body = m.group(2)
             p = re.search(r"^  __parameters__ = \[(.*)\]", body, re.M)
@@ -277,11 +339,15 @@ def _parse_declarations(zf, root):
     return decls
 
 
-def _flatten_script(obj, decls, prefix="", out=None):
+def _flatten_script(obj, decls, prefix="", out=None, seen=None):
     """The state dict ``torch.jit.load(...).state_dict()`` returns: own
-    parameters, then buffers, then submodules, recursively."""
+    parameters, then buffers, then submodules, recursively (depth bounded by
+    _unpickle; a module reachable twice is visited once)."""
     if out is None:
-        out = OrderedDict()
+        out, seen = OrderedDict(), set()
+    if id(obj) in seen:
+        return out
+    seen.add(id(obj))
     state = getattr(obj, "state", None)
     if not isinstance(state, dict):
         return out
@@ -298,33 +364,38 @@ def _flatten_script(obj, decls, prefix="", out=None):
             out[prefix + k] = state[k]
     for k, v in state.items():
         if isinstance(v, ScriptObject):
-            _flatten_script(v, decls, f"{prefix}{k}.", out)
+            _flatten_script(v, decls, f"{prefix}{k}.", out, seen)
     return out
 
 
 def read_zip(path):
     """(object, kind) from a torch zip file; kind is "torchscript" (object is
     then the flat state dict) or "torch-zip" (whatever torch.save pickled)."""
+    budget = Budget(os.path.getsize(path), factor=4)
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise TorchFormatError(f"corrupt or truncated zip archive ({e})") \
             from None
     with zf:
         root = _zip_root(zf)
         order = "little"
         if root + "byteorder" in zf.namelist():
-            order = zf.read(root + "byteorder").decode().strip()
+            raw = _read_member(zf, root + "byteorder", 16, budget)
+            order = raw.decode("ascii", "replace").strip()
+            if order not in ("little", "big"):
+                raise TorchFormatError(
+                    f"byteorder record is {raw[:16]!r}, not 'little' or 'big'")
         storages = {}
 
         def load_storage(pid):
-            _, stype, key, _location, _numel = _storage_pid(pid)[:5]
+            _, stype, key, _location, numel = _storage_pid(pid)[:5]
+            if not isinstance(key, str) or "/" in key or key in ("", ".", ".."):
+                raise TorchFormatError("storage key is not a plain name")
             if key not in storages:
-                try:
-                    raw = bytearray(zf.read(f"{root}data/{key}"))
-                except KeyError:
-                    raise TorchFormatError(f"storage data/{key} is missing") \
-                        from None
+                # The member may hold no more than the storage's declared size.
+                nbytes = check_index(numel, f"storage data/{key} size") * stype.dtype.itemsize
+                raw = bytearray(_read_member(zf, f"{root}data/{key}", nbytes, budget))
                 dtype = stype.dtype if order == "little" \
                     else stype.dtype.newbyteorder(">")
                 if len(raw) % dtype.itemsize:
@@ -334,13 +405,10 @@ def read_zip(path):
                 storages[key] = st
             return storages[key]
 
-        try:
-            obj = _unpickle(zf.read(root + "data.pkl"), load_storage)
-        except (zipfile.BadZipFile, zlib.error, OSError) as e:
-            raise TorchFormatError(f"corrupt zip member ({e})") from None
-        obj = _resolve(obj)
+        obj = _unpickle(_read_member(zf, root + "data.pkl", _MAX_CODE, budget), load_storage)
+        obj = _resolve(obj, budget)
         if isinstance(obj, ScriptObject):
-            return _flatten_script(obj, _parse_declarations(zf, root)), \
+            return _flatten_script(obj, _parse_declarations(zf, root, budget)), \
                 "torchscript"
         return obj, "torch-zip"
 
@@ -353,50 +421,68 @@ def is_legacy(head):
 
 def read_legacy(path):
     """The object saved by torch.save(..., _use_new_zipfile_serialization=
-    False)."""
+    False).  Every storage's declared size is checked against the bytes left
+    in the file before it is allocated."""
     storages, views = {}, []
+    size = os.path.getsize(path)
+    budget = Budget(size, factor=4)
 
     def load_storage(pid):
         stype, key = _storage_pid(pid)[1:3]
+        if not isinstance(key, str):
+            raise TorchFormatError("storage key is not a string")
         view = pid[5] if len(pid) > 5 else None
         if key not in storages:
             storages[key] = _Storage(stype, key)
         st = storages[key]
         if view is not None:
             # An old-style storage view: (view_key, offset, size).
-            _view_key, offset, size = view
-            views.append(_StorageView(st, int(offset), int(size)))
+            if not (isinstance(view, tuple) and len(view) == 3):
+                raise TorchFormatError(f"storage view of {key} is malformed")
+            _view_key, offset, vsize = view
+            views.append(_StorageView(st, check_index(offset, f"view offset in {key}"),
+                                      check_index(vsize, f"view size in {key}")))
             return views[-1]
         return st
 
     with open(path, "rb") as f:
-        if _unpickle(f) != _LEGACY_MAGIC:
+        if _unpickle(f, end=size) != _LEGACY_MAGIC:
             raise TorchFormatError("bad magic number")
-        protocol = _unpickle(f)
+        protocol = _unpickle(f, end=size)
         if protocol != 1001:
-            raise TorchFormatError(f"unsupported legacy protocol {protocol}")
-        sys_info = _unpickle(f)
+            raise TorchFormatError(f"unsupported legacy protocol {str(protocol)[:40]}")
+        sys_info = _unpickle(f, end=size)
         if isinstance(sys_info, dict) and not sys_info.get(
                 "little_endian", True):
             raise TorchFormatError("big-endian legacy files are not supported")
-        obj = _unpickle(f, load_storage)
-        keys = _unpickle(f)
+        obj = _unpickle(f, load_storage, end=size)
+        keys = _unpickle(f, end=size)
+        if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) for k in keys):
+            raise TorchFormatError("the storage key list is not a list of strings")
         for key in keys:
             st = storages.get(key)
             if st is None:
-                raise TorchFormatError(f"unknown storage key {key!r}")
+                raise TorchFormatError(f"unknown storage key {key[:40]!r}")
+            if st.data is not None:
+                raise TorchFormatError(f"storage {key[:40]!r} listed twice")
             head = f.read(8)
             if len(head) != 8:
                 raise TorchFormatError("file is truncated")
             (numel,) = struct.unpack("<q", head)
             nbytes = numel * st.type.dtype.itemsize
+            left = size - f.tell()
+            if numel < 0 or nbytes > left:
+                # Checked before allocating: a 352-byte file may declare 12 GiB.
+                raise TorchFormatError(
+                    f"storage {key[:40]!r} declares {numel} elements ({nbytes} bytes), "
+                    f"but only {left} bytes are left in the file")
             raw = bytearray(nbytes)
             if f.readinto(raw) != nbytes:
                 raise TorchFormatError("file is truncated")
             st.data = np.frombuffer(raw, st.type.dtype)
     for view in views:
         view.resolve()
-    return _resolve(obj)
+    return _resolve(obj, budget)
 
 
 class _StorageView(_Storage):

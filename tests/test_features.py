@@ -106,3 +106,37 @@ def test_text_features_keyed_by_exact_strings(tmp_path):
                           "a photo of a apple pie, a type of food."]
     np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, atol=1e-6)
     assert a.shape == (2, 2)
+
+
+def _flip_feature_byte(path):
+    """Change one feature value inside the npz without breaking the zip
+    (rewrite the member), so only the checksum can notice."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["features"] = arrays["features"].copy()
+    arrays["features"][2, 0] += 1
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_damaged_cache_heals_itself(images, tmp_path, capsys, damage):
+    enc = CountingEncoder()
+    good = run(images, enc, tmp_path / "c")
+    (cache_file,) = (tmp_path / "c").iterdir()
+    data = cache_file.read_bytes()
+    if damage == "truncate":           # BadZipFile before the checksum existed
+        cache_file.write_bytes(data[:len(data) // 2])
+    elif damage == "flip":
+        _flip_feature_byte(cache_file)
+    else:
+        cache_file.write_bytes(b"PK\x03\x04" + os.urandom(200))
+    capsys.readouterr()
+    again = run(images, enc, tmp_path / "c")
+    err = capsys.readouterr().err
+    assert len(enc.seen) == 14                       # encoded afresh
+    np.testing.assert_array_equal(again, good)
+    lines = [line for line in err.splitlines() if "corrupt" in line]
+    assert len(lines) == 1 and str(cache_file) in lines[0]
+    # healed: the third run reads the rewritten entry silently
+    run(images, enc, tmp_path / "c")
+    assert len(enc.seen) == 14 and "corrupt" not in capsys.readouterr().err

@@ -6,7 +6,10 @@ features, each image's size and mtime (prompts: the exact strings), so a
 second run with the same inputs reads the features back, and an image whose
 size or mtime changed is re-encoded (only that image), never silently reused.
 Files are written to a temporary name and os.replace'd, so an interrupted run
-leaves either the old cache or the new one.
+leaves either the old cache or the new one.  Each file carries the SHA-256 of
+its features and stamps: a truncated or corrupt file (a full disk, a copy cut
+short, a flipped bit) is reported in one line and encoded afresh, never
+trusted and never an error that repeats on every run.
 
 The encoder is any callable ``list of items -> (len, D) array``, so this module
 does not depend on the model code.
@@ -15,13 +18,16 @@ import hashlib
 import json
 import os
 import re
+import sys
+import zipfile
+import zlib
 
 import numpy as np
 from tqdm import tqdm
 
 from ..io import atomic_save_npz
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: entries carry a checksum
 
 
 def _file_stamps(paths):
@@ -42,16 +48,33 @@ def _cache_path(cache_dir, kind, identity, items):
     return os.path.join(cache_dir, f"{kind}-{model}-{digest}.npz")
 
 
+def _checksum(feats, stamps):
+    h = hashlib.sha256(str((feats.dtype.str, feats.shape)).encode())
+    h.update(np.ascontiguousarray(feats).tobytes())
+    h.update(np.ascontiguousarray(stamps).tobytes())
+    return h.hexdigest()
+
+
 def _read(path, identity, items):
-    """(features, stamps) from a matching cache file, or None."""
+    """(features, stamps) from a matching cache file, or None (missing,
+    foreign, stale or corrupt; a corrupt one is reported on stderr)."""
+    if not os.path.exists(path):
+        return None
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
+            if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
+                return None             # an older layout: encode afresh
             if meta.get("identity") != identity or meta.get("items") != items:
                 return None
             feats, stamps = z["features"], z["stamps"]
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError):
-        return None                     # unreadable or foreign: encode afresh
+        if meta.get("sha256") != _checksum(feats, stamps):
+            raise ValueError("checksum mismatch")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
+            TypeError, AttributeError) as e:
+        print(f"feature cache {path} is corrupt ({type(e).__name__}: {str(e)[:120]}); "
+              "encoding again", file=sys.stderr)
+        return None
     if feats.shape[0] != len(items) or stamps.shape != (len(items), 2):
         return None
     return feats, stamps
@@ -93,7 +116,8 @@ def _cached(kind, items, keys, stamps, encoder, identity, cache_dir, batch_size,
         feats[stale] = fresh.astype(feats.dtype)
     else:
         feats = _encode(items, encoder, batch_size, f"encoding {kind}", progress)
-    meta = json.dumps({"version": FORMAT_VERSION, "identity": identity, "items": keys})
+    meta = json.dumps({"version": FORMAT_VERSION, "identity": identity, "items": keys,
+                       "sha256": _checksum(feats, stamps)})
     atomic_save_npz(path, {"features": feats, "stamps": stamps, "meta": np.array(meta)})
     return feats
 

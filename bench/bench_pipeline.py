@@ -2,7 +2,7 @@
 
 Random full-size weights (ViT-B/32, RN101, ConvNeXt-V2-B with a 130-way head)
 and N generated JPEGs (500x375, like the contest's photos).  Each stage runs
-as test.sh runs it (jclip.cascade.encode_files: threaded decoding one batch
+as test.sh runs it (jclip.pipeline.backbones.encode_files: threaded decoding one batch
 ahead, batched encoding; InMaP over 403 classes with the configured
 iterations; LP++ logits; the dog head via jclip.finetune.predict).  The
 reference approach encodes one image at a time (decode, preprocess, a batch
@@ -69,7 +69,8 @@ def main():
     import numpy as np
     import jclip
     import jittor as jt
-    from jclip.pipeline.cascade import encode_files, load_config
+    from jclip.pipeline.backbones import encode_files
+    from jclip.pipeline.cli import load_config
     from jclip.models.load import use_device
     from jclip.heads import InMaP, LPPlusPlus, l2_normalize
     from jclip.data.images import preprocess_for, read_image

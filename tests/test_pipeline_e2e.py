@@ -5,6 +5,7 @@ A miniature contest dataset in the exact layout, with real class names from
 mixed .jpg/.jpeg/.png, a corrupt file, a grayscale and a CMYK image; tiny
 random checkpoints in the original torch formats (OpenAI-style fp16
 TorchScript CLIPs, an official-named ConvNeXt-V2 {'model': sd}).
+The whole flow takes about 80 s on 2 idle cores: every test here is slow.
 """
 import json
 import os
@@ -14,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.slow
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -377,7 +380,7 @@ def test_same_seed_reproduces_every_number(validation):
 
 
 def test_sweep_writes_the_best_setting_it_tried(pipeline, validation):
-    from jclip.pipeline.cascade import load_config
+    from jclip.pipeline.config import load_config
     s = json.loads((validation["val_sweep"] / "sweep.json").read_text())
     trials = read_csv(validation["val_sweep"] / "trials.csv")
     assert len(trials) == s["trials"] > 10
@@ -391,11 +394,11 @@ def test_sweep_writes_the_best_setting_it_tried(pipeline, validation):
     assert {int(t["iters"]) for t in trials if t["step"] == "inmap"} == set(grid["inmap_iters"])
     tuned_path = validation["work"] / "val_sweep.json"
     tuned = load_config(str(tuned_path))
-    assert tuned["templates"] == s["chosen"]["templates"]
-    assert tuned["lpp"]["epochs"] == s["chosen"]["lpp_epochs"]
-    assert (tuned["inmap"]["tau_t"], tuned["inmap"]["iters"]) == (s["chosen"]["tau_t"], s["chosen"]["iters"])
-    assert list(tuned["cascade"]["lpp_mix"].values())[0] == s["chosen"]["lpp_mix_w"]
-    assert tuned["_tuned"]["top1"] == s["chosen_top1"]
+    assert tuned.templates == s["chosen"]["templates"]
+    assert tuned.lpp.epochs == s["chosen"]["lpp_epochs"]
+    assert (tuned.inmap.tau_t, tuned.inmap.iters) == (s["chosen"]["tau_t"], s["chosen"]["iters"])
+    assert list(tuned.cascade.lpp_mix.values())[0] == s["chosen"]["lpp_mix_w"]
+    assert tuned.to_dict()["_tuned"]["top1"] == s["chosen_top1"]
     # test.sh takes it; heads trained with other templates or epochs are refused
     r = run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(tuned_path),
             "--result", str(validation["work"] / "tuned.txt"), cwd=REPO, ok=not s["retrain_needed"])
@@ -439,3 +442,48 @@ def test_val_sh_refuses_what_the_heads_were_not_trained_with(pipeline, tmp_path)
             "--set", f"data.lists={other}", cwd=REPO, ok=False)
     assert r.returncode == 1 and "not the 4-shot list" in r.stderr
     assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+def test_test_sh_refuses_a_head_replaced_after_training(pipeline, tmp_path):
+    """What a train.sh killed between two head writes leaves: a new head beside
+    the manifest of the previous run.  test.sh must refuse it, not use it."""
+    head = pipeline["work"] / "out" / "lpp_rn.npz"
+    original = head.read_bytes()
+    result = tmp_path / "result.txt"
+    try:
+        # a valid LP++ head file, but not the one the manifest records
+        head.write_bytes((pipeline["work"] / "out" / "lpp_vit.npz").read_bytes())
+        r = run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(pipeline["config"]),
+                "--result", str(result), cwd=REPO, ok=False)
+    finally:
+        head.write_bytes(original)
+    assert r.returncode == 1, r.stderr
+    assert "lpp_rn.npz" in r.stderr and "run train.sh again" in r.stderr
+    assert not result.exists()
+
+
+# SHA-256 of the outputs of this miniature run made before the layout was
+# rebuilt (commit b136045, jclip/cascade.py and jclip/validate.py): the
+# redesign must not change a byte of them
+BASELINE_SHA256 = {
+    "result": "4a2e051deb4d7a5dbbdb93b6a05cbf334ea823d3c5350b4b0940db0a884b1a59",
+    "summary": "d93360aeeab488b06d6c159443f7dcb93f8186d7a5b59fbcfd331c4895736ef0",
+    "tuned": "96410b8cedaf83292612ea691600c35d025bf83317f8c123e2def1f6876a4c9e",
+}
+
+
+def _normalised_sha256(path, work):
+    """SHA-256 of a pipeline output with the run's temporary folder replaced by a
+    fixed name (the files name their configuration and data paths)."""
+    import hashlib
+    text = open(path, "rb").read().decode().replace(str(work), "WORK")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_outputs_are_byte_identical_to_the_baseline(pipeline, validation):
+    import hashlib
+    work = pipeline["work"]
+    got = {"result": hashlib.sha256(pipeline["first"]).hexdigest(),
+           "summary": _normalised_sha256(validation["val_report"] / "summary.json", work),
+           "tuned": _normalised_sha256(work / "val_sweep.json", work)}
+    assert got == BASELINE_SHA256

@@ -1,3 +1,3 @@
-from .cascade import main
+from .cli import main
 
 main()

@@ -1,0 +1,176 @@
+"""The sweep: tune the cascade on the simulated setup, write the best configuration.
+
+Candidates are scored by the simulated cascade's top-1 over all measured images
+(ties keep the earlier candidate, the current setting first).  One group
+changes at a time, in this order, keeping each best: templates, LP++ epochs,
+InMaP (tau_t x tau_i x iterations; one InMaP run per temperature pair serves
+every iteration count), the InMaP mixing weight, the LP++ mixing weight.  The
+candidates are the configuration's ``sweep`` section.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Optional
+
+from ..io import atomic_write_text
+from ..pipeline.backbones import step
+from ..pipeline.config import Config
+from ..progress import progress
+from .metrics import accuracy
+from .report import csv_text, md_table, pct, prepare, write_json
+from .simulation import apply_params, held_out_names, params_of
+
+
+def sweep_grid(cfg: Config) -> dict:
+    """The candidates: the configuration's ``sweep`` section, as lists."""
+    return {f.name: list(getattr(cfg.sweep, f.name)) for f in dataclasses.fields(cfg.sweep)}
+
+
+def sweep(cfg, out: str, write: str, holdout: Optional[int] = None, seed: int = 1,
+          per_class_limit: Optional[int] = None) -> dict:
+    """Tune the cascade on the simulated setup; write ``out`` and the tuned
+    configuration ``write``; returns the sweep's summary."""
+    from ..plot import bar_plot, line_plot
+    t0 = time.time()
+    grid = sweep_grid(cfg)
+    p0 = params_of(cfg)
+    d, h, sim = prepare(cfg, holdout, seed, per_class_limit, templates=grid["templates"])
+    iters_all = sorted({int(i) for i in grid["inmap_iters"]} | {p0["iters"]})
+    trials = []
+
+    def score(p, group):
+        ids, _ = sim.run(p, all_iters=iters_all)
+        a = accuracy(ids, d.eval.y)
+        trials.append({"step": group, **flat(p), "top1": a["top1"], "top5": a["top5"], "n": a["n"]})
+        return a["top1"]
+
+    def best_of(group, candidates, best):
+        """Try each candidate (the current one first); keep the highest top-1."""
+        current = best
+        best_score = score(current, group)
+        for q in progress(candidates, desc=f"sweep {group}", unit="setting"):
+            if q == current:
+                continue
+            s = score(q, group)
+            if s > best_score:
+                best, best_score = q, s
+        print(f"    {group}: best {describe(best, group)}, top-1 {pct(best_score)}%", flush=True)
+        return best
+
+    p = p0
+    with step("sweep", d.times):
+        p = best_of("templates", [dict(p, templates=t) for t in grid["templates"]], p)
+        p = best_of("lpp_epochs", [dict(p, lpp_epochs=int(e)) for e in grid["lpp_epochs"]], p)
+        p = best_of("inmap", [dict(p, tau_t=float(a), tau_i=float(b), iters=int(n))
+                              for a in grid["inmap_tau_t"] for b in grid["inmap_tau_i"]
+                              for n in grid["inmap_iters"]], p)
+        for mix in ("inmap_mix", "lpp_mix"):
+            keys = list(p[mix])
+            if len(keys) != 2:
+                print(f"    {mix}: not swept ({len(keys)} backbones; the sweep varies two)")
+                continue
+            p = best_of(mix, [dict(p, **{mix: {keys[0]: float(w), keys[1]: round(1.0 - float(w), 10)}})
+                              for w in grid["mix_weights"]], p)
+
+    best = max(r["top1"] for r in trials)
+    if not any(r["top1"] == best and r == {**r, **flat(p)} for r in trials):
+        raise RuntimeError("sweep: the chosen setting is not the best tried")   # cannot happen
+    baseline = trials[0]
+    tuned = apply_params(cfg, p).to_dict()
+    tuned["_tuned"] = {"by": "python -m jclip.validate sweep", "from": cfg.path,
+                       "val_list_sha256": d.val_sha256, "seed": h.seed,
+                       "held_out_classes": held_out_names(d, h),
+                       "images": len(d.eval_paths), "top1": best, "baseline_top1": baseline["top1"],
+                       "trials": len(trials)}
+    os.makedirs(out, exist_ok=True)
+    fields = list(trials[0])
+    atomic_write_text(os.path.join(out, "trials.csv"), csv_text(trials, fields))
+    summary = {"config": cfg.path, "seed": h.seed, "images": len(d.eval_paths),
+               "held_out_classes": tuned["_tuned"]["held_out_classes"], "grid": grid,
+               "baseline": flat(p0), "baseline_top1": baseline["top1"],
+               "chosen": flat(p), "chosen_top1": best, "trials": len(trials),
+               "first_backbones": "/".join(list(p0[m])[0] for m in ("inmap_mix", "lpp_mix")),
+               "retrain_needed": p["templates"] != p0["templates"] or p["lpp_epochs"] != p0["lpp_epochs"],
+               "written": os.path.abspath(write)}
+    write_json(os.path.join(out, "sweep.json"), summary)
+    plots = []
+    by_group = {}
+    for r in trials:
+        by_group.setdefault(r["step"], []).append(r)
+    mix_series = {}
+    for mix in ("inmap_mix", "lpp_mix"):
+        rs = by_group.get(mix, [])
+        if rs:
+            w = sorted({r[f"{mix}_w"]: r["top1"] for r in rs}.items())
+            mix_series[f"{'InMaP' if mix == 'inmap_mix' else 'LP++'} mix"] = (
+                [x for x, _ in w], [100 * y for _, y in w])
+    if mix_series:
+        first = list(p0["lpp_mix"])[0]
+        line_plot(os.path.join(out, "mixing_weight.png"), mix_series,
+                  "Simulated cascade top-1 vs mixing weight (sweep)",
+                  f"weight of {cfg.backbones[first].model}", "top-1 (%)")
+        plots.append("mixing_weight.png")
+    tmpl = {r["templates"]: r["top1"] for r in by_group.get("templates", [])}
+    if tmpl:
+        bar_plot(os.path.join(out, "templates.png"), list(tmpl), [round(100 * v, 2) for v in tmpl.values()],
+                 "Simulated cascade top-1 per template set", "top-1 (%)")
+        plots.append("templates.png")
+    inmap_rows = by_group.get("inmap", [])
+    if inmap_rows:
+        series = {}
+        for r in inmap_rows:
+            series.setdefault(f"tau_t {r['tau_t']:g}, tau_i {r['tau_i']:g}", {})[r["iters"]] = 100 * r["top1"]
+        line_plot(os.path.join(out, "inmap.png"),
+                  {n: (sorted(v), [v[i] for i in sorted(v)]) for n, v in series.items()},
+                  "Simulated cascade top-1 vs InMaP iterations", "iterations", "top-1 (%)")
+        plots.append("inmap.png")
+    atomic_write_text(os.path.join(out, "sweep.md"), sweep_markdown(summary, trials, plots, write))
+    atomic_write_text(write, json.dumps(tuned, indent=1) + "\n")
+    write_json(os.path.join(out, "timings.json"), {"times_s": d.times, "total_s": round(time.time() - t0, 2)})
+    print(f"sweep: {len(trials)} settings tried; top-1 {pct(baseline['top1'])}% -> {pct(best)}% "
+          f"on {len(d.eval_paths)} validation images; wrote {write}")
+    if summary["retrain_needed"]:
+        print(f"next: bash train.sh --config {write} && bash test.sh --config {write}")
+    else:
+        print(f"next: bash test.sh --config {write}   (the trained heads still fit)")
+    return summary
+
+
+def flat(p):
+    """A setting as one flat row (mixing weights as the first backbone's weight)."""
+    return {"templates": p["templates"], "lpp_epochs": p["lpp_epochs"], "tau_t": p["tau_t"],
+            "tau_i": p["tau_i"], "iters": p["iters"],
+            "inmap_mix_w": list(p["inmap_mix"].values())[0], "lpp_mix_w": list(p["lpp_mix"].values())[0]}
+
+
+def describe(p, group):
+    f = flat(p)
+    return {"templates": f"templates={f['templates']}", "lpp_epochs": f"epochs={f['lpp_epochs']}",
+            "inmap": f"tau_t={f['tau_t']:g} tau_i={f['tau_i']:g} iters={f['iters']}",
+            "inmap_mix": f"InMaP {p['inmap_mix']}", "lpp_mix": f"LP++ {p['lpp_mix']}"}[group]
+
+
+def sweep_markdown(s, trials, plots, write):
+    md = ["# Sweep on the validation split\n",
+          f"{s['trials']} settings tried on {s['images']} held-out images, scored by the simulated "
+          f"cascade's top-1 ({len(s['held_out_classes'])} seen classes held out as unseen, seed {s['seed']}). "
+          "One group of settings changes at a time, keeping the best so far; a mixing weight "
+          f"w is the first backbone's (`{s['first_backbones']}`), the other gets 1 - w. "
+          "The score is measured on the same images the sweep tunes on, so it is optimistic; "
+          "`val.sh report` with a different `--seed` (other held-out classes) is a fairer check.\n",
+          md_table(["", "templates", "LP++ epochs", "tau_t", "tau_i", "iters", "InMaP mix w", "LP++ mix w", "top-1 %"],
+                   [[name] + [v for k, v in p.items()] + [pct(t)] for name, p, t in
+                    (("configuration", s["baseline"], s["baseline_top1"]),
+                     ("chosen", s["chosen"], s["chosen_top1"]))]),
+          f"Written: `{write}`. "
+          + ("Templates or LP++ epochs changed: run `train.sh` with it, then `test.sh`."
+             if s["retrain_needed"] else "Only test-time settings changed: `test.sh --config` it."),
+          ""]
+    md += [f"![{p}]({p})\n" for p in plots]
+    md.append("## Every setting tried\n")
+    md.append(md_table(["step"] + list(trials[0])[1:-3] + ["top-1 %", "top-5 %"],
+                       [[r["step"]] + [r[k] for k in list(r)[1:-3]] + [pct(r["top1"]), pct(r["top5"])]
+                        for r in trials]))
+    return "\n".join(md)
+

@@ -1,0 +1,157 @@
+"""The contest cascade's routing, mixing, dog-head substitution and fallback
+(jclip.pipeline.cascade.Cascade), and the manifest checks, on hand-made logits.
+
+Each expected answer is derived from the routing rules of SPEC section 2
+independently of the code: the stage from the top-1 of the mixed logits, the
+ids from that stage's ranking.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jclip.data.contest import ContestFormatError
+from jclip.pipeline import manifest
+from jclip.pipeline.cascade import Cascade, class_masks, fallback_ids
+from jclip.pipeline.config import load_config
+from jclip.pipeline.test import write_result
+
+
+class Fixed:
+    """A head whose logits are given per row (features are row indices)."""
+
+    def __init__(self, logits):
+        self.table = np.asarray(logits, np.float64)
+
+    def logits(self, rows):
+        return self.table[np.asarray(rows)[:, 0].astype(int)]
+
+
+class Dogs:
+    """A dog head answering from a table; None where it 'cannot read' the file."""
+
+    def __init__(self, answers):
+        self.answers, self.asked = answers, []
+
+    def topk(self, paths):
+        self.asked += list(paths)
+        return [self.answers.get(p) for p in paths]
+
+
+def rows(n):
+    return {"a": np.arange(n)[:, None], "b": np.arange(n)[:, None]}
+
+
+def make(inmap_a, inmap_b, lpp_a, lpp_b, dogs, num_seen, dog_range, **kw):
+    unseen, dog = class_masks(len(inmap_a[0]), num_seen, dog_range)
+    return Cascade({"a": Fixed(inmap_a), "b": Fixed(inmap_b)}, {"a": Fixed(lpp_a), "b": Fixed(lpp_b)},
+                   {"a": 0.5, "b": 0.5}, {"a": 0.6, "b": 0.4}, unseen, dog, 5, dogs, **kw)
+
+
+def test_routing_mixing_and_dog_substitution():
+    C, S, dogs_at = 12, 9, (5, 8)
+    rng = np.random.default_rng(0)
+    ia, ib = rng.normal(size=(5, C)), rng.normal(size=(5, C))
+    la, lb = rng.normal(size=(5, S)), rng.normal(size=(5, S))
+    ia[0, 10] = ib[0, 10] = 9            # row 0: unseen top-1 -> InMaP
+    # row 1: InMaP's a says unseen, b says seen: the 0.5/0.5 mix decides (seen 3)
+    ia[1, 11], ib[1, 3], ia[1, 3] = 6, 9, 1
+    la[1, 1] = lb[1, 1] = 9              # ... LP++ top-1 1, not a dog -> LP++
+    la[2, 6] = lb[2, 6] = 9              # row 2: LP++ names a dog -> the dog head
+    la[3, 7] = lb[3, 7] = 9              # row 3: a dog, but the dog head cannot read it
+    # row 4: LP++ a says 2 (weight 0.6), b says dog 6 (0.4): the mix says 2
+    la[4, 2], lb[4, 6] = 9, 10
+    for r in (2, 3, 4):
+        ia[r, :9] += 20                  # seen top-1 for InMaP
+        ib[r, :9] += 20
+    paths = [f"img{i}.jpg" for i in range(5)]
+    dog_answer = np.array([6, 5, 7, 8, 0])
+    dogs = Dogs({"img2.jpg": dog_answer})
+    pred = make(ia, ib, la, lb, dogs, S, dogs_at).predict(rows(5), paths)
+
+    mix_i, mix_l = 0.5 * ia + 0.5 * ib, 0.6 * la + 0.4 * lb
+    rank = lambda v: list(np.argsort(-v, kind="stable")[:5])  # noqa: E731
+    assert list(pred.stage) == ["inmap", "lpp", "dog", "lpp-fallback", "lpp"]
+    assert list(pred.ids[0]) == rank(mix_i[0]) and pred.ids[0, 0] == 10
+    assert list(pred.ids[1]) == rank(mix_l[1]) and pred.ids[1, 0] == 1
+    assert list(pred.ids[2]) == list(dog_answer)
+    assert list(pred.ids[3]) == rank(mix_l[3])           # LP++'s answer stands
+    assert list(pred.ids[4]) == rank(mix_l[4]) and pred.ids[4, 0] == 2
+    assert dogs.asked == ["img2.jpg", "img3.jpg"]        # only the images routed to it
+    assert (pred.ids[1:] < S).all()                      # LP++ never names an unseen class
+
+
+def test_unreadable_images_get_the_most_frequent_top1():
+    C, S = 8, 8
+    ia = np.zeros((4, C))
+    la = np.zeros((4, S))
+    for r, c in enumerate((3, 3, 99, 1)):
+        if c < S:
+            la[r, c] = 5
+    la[2] = np.nan                      # the unreadable row's features are never used
+    pred = make(ia, ia, la, la, Dogs({}), S, (6, 7)).predict(rows(4), list("abcd"),
+                                                             readable=np.array([1, 1, 0, 1], bool))
+    assert list(pred.stage) == ["lpp", "lpp", "unreadable", "lpp"]
+    assert list(pred.ids[2]) == fallback_ids([3, 3, 1], C, 5) == [3, 1, 0, 2, 4]
+
+
+def test_held_out_classes_are_never_named_by_lpp():
+    C, kept = 6, np.array([0, 2, 3, 5])       # classes 1 and 4 held out (the simulated setup)
+    rng = np.random.default_rng(1)
+    ia = rng.normal(size=(3, C))
+    ia[:, [1, 4]] -= 50                         # InMaP never picks a held-out class here
+    la = rng.normal(size=(3, len(kept)))
+    held = np.zeros(C, bool)
+    held[[1, 4]] = True
+    c = Cascade({"a": Fixed(ia)}, {"a": Fixed(la)}, {"a": 1.0}, {"a": 1.0}, held,
+                np.zeros(C, bool), 4, Dogs({}), lpp_classes=kept)
+    pred = c.predict({"a": np.arange(3)[:, None]}, list("xyz"))
+    assert list(pred.stage) == ["lpp"] * 3
+    for r in range(3):
+        assert list(pred.ids[r]) == list(kept[np.argsort(-la[r], kind="stable")])
+    with_mix = c.replace(lpp_mix={"a": 2.0}).lpp_logits({"a": np.arange(3)[:, None]})
+    assert np.isinf(with_mix[:, [1, 4]]).all() and np.allclose(with_mix[:, kept], 2 * la)
+
+
+def test_fallback_is_the_most_frequent_top1():
+    assert fallback_ids([3, 3, 7, 7, 1, 9, 9, 9], 12, 5) == [9, 3, 7, 1, 0]
+    assert fallback_ids([], 6, 5) == [0, 1, 2, 3, 4]
+
+
+def test_write_result_checks_before_replacing(tmp_path):
+    folder = tmp_path / "TestSetB"
+    folder.mkdir()
+    for n in (10, 2, 1):
+        (folder / f"image_{n}.jpg").write_bytes(b"x")
+    rows_ = [("image_10.jpg", [5, 4, 3, 2, 1]), ("image_1.jpg", [0, 1, 2, 3, 4]),
+             ("image_2.jpg", [9, 8, 7, 6, 5])]
+    out = tmp_path / "result.txt"
+    write_result(str(out), rows_, str(folder), 10, 5)
+    assert out.read_text() == "image_1.jpg 0 1 2 3 4\nimage_2.jpg 9 8 7 6 5\nimage_10.jpg 5 4 3 2 1\n"
+    before = out.read_text()
+    with pytest.raises(ValueError, match="missing"):       # a line short: nothing replaced
+        write_result(str(out), rows_[:2], str(folder), 10, 5)
+    assert out.read_text() == before and sorted(os.listdir(tmp_path)) == ["TestSetB", "result.txt"]
+
+
+def test_manifest_refuses_a_replaced_or_missing_head(tmp_path):
+    head = tmp_path / "lpp_vit.npz"
+    head.write_bytes(b"trained")
+    cfg = load_config(None, [f"out_dir={tmp_path}"])
+    written = {"config": {"lpp": cfg.to_dict()["lpp"]},
+               "outputs": {"lpp_vit": manifest.output_entry(str(head), best_epoch=2)}}
+    manifest.write(cfg, written)
+    assert manifest.read(cfg) == json.loads(json.dumps(written))
+    head.write_bytes(b"another run")
+    with pytest.raises(ContestFormatError, match="lpp_vit.npz.*run train.sh again"):
+        manifest.read(cfg)
+    head.unlink()
+    with pytest.raises(ContestFormatError, match="missing; run train.sh again"):
+        manifest.read(cfg)
+    head.write_bytes(b"trained")
+    with pytest.raises(ContestFormatError, match="`lpp` differs"):
+        manifest.read(cfg.with_values({"lpp.epochs": cfg.lpp.epochs + 1}))
+    manifest.start(cfg)                  # train.sh starts: the old manifest is gone
+    with pytest.raises(ContestFormatError, match="no trained heads; run train.sh first"):
+        manifest.read(cfg)

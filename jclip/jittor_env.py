@@ -4,11 +4,17 @@ Plain ``import jittor`` fails on two kinds of machines that jclip users have:
 one with ``nvcc`` on PATH but no GPU or CUDA runtime (Jittor tries to build
 CUDA kernels), and one without internet (Jittor downloads oneDNN 2.2 on first
 import).  We only set an option when the user has not set it themselves, so an
-explicit ``nvcc_path=...`` or ``use_mkl=...`` in the environment always wins.
+explicit ``nvcc_path=...``, ``use_mkl=...`` or ``log_silent=...`` in the
+environment always wins.
+
+Jittor's own info and warning lines (``[i 1123 ...] Found nvcc ...``) are
+kept out of a user's terminal (``log_silent=1``) unless ``JCLIP_VERBOSE=1``
+or a command's ``--verbose`` (``set_verbose()``).
 """
 import glob
 import os
 import platform
+import sys
 import warnings
 
 # Where Jittor looks for its own oneDNN; a folder with lib/libmkldnn.so there
@@ -67,12 +73,46 @@ def _link_system_onednn(inc, lib):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+VERBOSE_ENV = "JCLIP_VERBOSE"
+_quieted = []      # [True] once configure() itself set log_silent
+
+
+def verbose() -> bool:
+    """True when the user asked for Jittor's own log lines (JCLIP_VERBOSE=1)."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _quiet_jittor_logs() -> None:
+    if verbose() or "log_silent" in os.environ:
+        return                              # the user's choice wins
+    os.environ["log_silent"] = "1"          # read by Jittor when it starts
+    _quieted.append(True)
+
+
+def set_verbose(on: bool = True) -> None:
+    """For a command's ``--verbose``: show (or hide) Jittor's log lines.
+
+    Works before and after Jittor is imported; a ``log_silent`` the user set
+    in the environment is left alone.
+    """
+    os.environ[VERBOSE_ENV] = "1" if on else "0"
+    if on and _quieted:
+        os.environ.pop("log_silent", None)
+        _quieted.clear()
+    elif not on:
+        _quiet_jittor_logs()
+    jt = sys.modules.get("jittor")
+    if jt is not None and (_quieted or on):
+        jt.flags.log_silent = int(not on)
+
+
 def configure():
-    """Set nvcc_path / use_mkl / cache_name in os.environ unless the user already did."""
+    """Set nvcc_path / use_mkl / cache_name / log_silent in os.environ unless the user already did."""
     # Jittor names its compile cache after `git branch` run in its own folder;
     # inside a checkout (a .venv in the repo) that is the repo's branch, so the
     # cache would be rebuilt per branch.  One fixed name keeps it warm.
     os.environ.setdefault("cache_name", "default")
+    _quiet_jittor_logs()
     if "nvcc_path" not in os.environ and not has_gpu():
         # nvcc without a driver: Jittor would compile CUDA code that cannot run
         os.environ["nvcc_path"] = ""

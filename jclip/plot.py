@@ -8,7 +8,13 @@
 
 Non-finite values are skipped (a line is broken there), so a missing result
 never draws a spike to zero.
+
+Text is drawn in a real TrueType font (DejaVu Sans, else Liberation Sans or
+Arial) when one is installed, else in Pillow's bitmap font: Pillow's built-in
+scalable default (10 px Aileron) draws a space 2 px wide, which reads as no
+space at all ("ViTweight", "seen, notdog").
 """
+import functools
 import math
 
 from PIL import Image, ImageDraw, ImageFont
@@ -17,6 +23,10 @@ from .io import atomic_open
 
 WIDTH, HEIGHT = 800, 520
 MARGIN = dict(left=80, right=190, top=50, bottom=60)
+FONT_SIZE = 12
+FONT_FILES = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+              "/usr/share/fonts/TTF/DejaVuSans.ttf", "LiberationSans-Regular.ttf",
+              "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf", "Arial.ttf")
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
            "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -37,6 +47,40 @@ def nice_ticks(lo, hi, count=6):
     return ticks
 
 
+@functools.lru_cache(maxsize=None)
+def font(size=FONT_SIZE, files=FONT_FILES):
+    """The first TrueType font of ``files`` that loads (Pillow also searches the
+    system font folders for a bare name), else Pillow's bitmap font, whose
+    spaces are visible."""
+    for name in files:
+        try:
+            return ImageFont.truetype(name, size)
+        except (OSError, ImportError):    # not installed / Pillow without FreeType
+            continue
+    bitmap = getattr(ImageFont, "load_default_imagefont", None)   # Pillow >= 10.1
+    return bitmap() if bitmap else ImageFont.load_default()
+
+
+def text_width(fnt, s):
+    """Width in pixels of ``s`` in ``fnt``."""
+    box = fnt.getbbox(str(s))
+    return box[2] - min(box[0], 0)
+
+
+def draw_text(draw, xy, s, fnt, anchor="la", fill="black"):
+    """Text at ``xy`` placed by a two-letter ``anchor`` (l/m/r, then a/t/m/b as
+    in Pillow); works for bitmap fonts too, which take no anchor."""
+    s = str(s)
+    if isinstance(fnt, ImageFont.FreeTypeFont):
+        draw.text(xy, s, fill=fill, font=fnt, anchor=anchor)
+        return
+    x0, y0, x1, y1 = fnt.getbbox(s)
+    w, h = x1 - x0, y1 - y0
+    x = xy[0] - {"l": 0, "m": w / 2, "r": w}[anchor[0]] - x0
+    y = xy[1] - {"a": 0, "t": 0, "m": h / 2, "b": h, "s": h, "d": h}[anchor[1]] - y0
+    draw.text((x, y), s, fill=fill, font=fnt)
+
+
 def _fmt(v):
     return f"{v:g}" if abs(v) < 1e5 else f"{v:.2g}"
 
@@ -47,7 +91,7 @@ class _Canvas:
     def __init__(self, title, xlabel, ylabel, yticks, xrange):
         self.img = Image.new("RGB", (WIDTH, HEIGHT), "white")
         self.draw = ImageDraw.Draw(self.img)
-        self.font = ImageFont.load_default()
+        self.font = font()
         self.x0, self.x1 = MARGIN["left"], WIDTH - MARGIN["right"]
         self.y0, self.y1 = HEIGHT - MARGIN["bottom"], MARGIN["top"]
         self.ylo, self.yhi = yticks[0], yticks[-1]
@@ -64,7 +108,7 @@ class _Canvas:
         self.text(12, self.y1 - 20, ylabel, anchor="lm")
 
     def text(self, x, y, s, anchor="la", fill="black"):
-        self.draw.text((x, y), str(s), fill=fill, font=self.font, anchor=anchor)
+        draw_text(self.draw, (x, y), s, self.font, anchor, fill)
 
     def px(self, x):
         return self.x0 + (x - self.xlo) / (self.xhi - self.xlo) * (self.x1 - self.x0)
@@ -152,19 +196,19 @@ def heatmap_plot(path, row_labels, col_labels, counts, title=""):
     rows, cols = [str(r) for r in row_labels], [str(c) for c in col_labels]
     if not rows or not cols or len(counts) != len(rows) or any(len(r) != len(cols) for r in counts):
         raise ValueError("heatmap_plot: counts must be len(row_labels) x len(col_labels)")
-    font = ImageFont.load_default()
+    fnt = font()
     cell_w, cell_h = 130, 44
-    left = 30 + max(int(font.getlength(r)) for r in rows)
+    left = 30 + max(int(text_width(fnt, r)) for r in rows)
     top = 96
     img = Image.new("RGB", (left + cell_w * len(cols) + 30, top + cell_h * len(rows) + 50), "white")
     d = ImageDraw.Draw(img)
-    d.text((img.width / 2, 25), str(title), fill="black", font=font, anchor="mm")
-    d.text((left + cell_w * len(cols) / 2, 58), "routed to", fill="black", font=font, anchor="mm")
+    draw_text(d, (img.width / 2, 25), str(title), fnt, "mm", "black")
+    draw_text(d, (left + cell_w * len(cols) / 2, 58), "routed to", fnt, "mm", "black")
     for j, c in enumerate(cols):
-        d.text((left + cell_w * (j + 0.5), top - 10), c, fill="black", font=font, anchor="mb")
+        draw_text(d, (left + cell_w * (j + 0.5), top - 10), c, fnt, "mb", "black")
     for i, (r, row) in enumerate(zip(rows, counts)):
         y = top + cell_h * i
-        d.text((left - 10, y + cell_h / 2), r, fill="black", font=font, anchor="rm")
+        draw_text(d, (left - 10, y + cell_h / 2), r, fnt, "rm", "black")
         total = sum(float(v) for v in row)
         for j, v in enumerate(row):
             share = float(v) / total if total > 0 else 0.0
@@ -173,7 +217,7 @@ def heatmap_plot(path, row_labels, col_labels, counts, title=""):
             d.rectangle(box, fill=shade, outline="#888888")
             ink = "white" if share > 0.55 else "black"
             label = f"{int(v)}" + (f" ({100 * share:.0f}%)" if total > 0 else "")
-            d.text(((box[0] + box[2]) / 2, y + cell_h / 2), label, fill=ink, font=font, anchor="mm")
-    d.text((10, img.height - 20), "rows: true group; cells: images (share of the row)",
-           fill="#555555", font=font, anchor="lm")
+            draw_text(d, ((box[0] + box[2]) / 2, y + cell_h / 2), label, fnt, "mm", ink)
+    draw_text(d, (10, img.height - 20), "rows: true group; cells: images (share of the row)",
+              fnt, "lm", "#555555")
     return save_png(img, path)

@@ -1,8 +1,35 @@
 """Shared test setup: jclip is imported first so Jittor starts with its safe defaults."""
+import io
 import os
 import sys
+
+import pytest
 
 os.environ.setdefault("log_silent", "1")  # keep Jittor's info logs out of test output
 import jclip  # noqa: E402,F401  (must precede any `import jittor`)
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py and friends
+
+
+def _photos():
+    from PIL import Image
+    from sklearn.datasets import load_sample_image  # real JPEG photos shipped with scikit-learn
+    out = []
+    for name in ("china.jpg", "flower.jpg"):
+        photo = Image.fromarray(load_sample_image(name))
+        for box in (None, (0, 0, 300, 427), (10, 5, 640, 200), (0, 0, 225, 333), (1, 1, 223, 500)):
+            img = photo if box is None else photo.crop(box)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=90)
+            out.append(buf.getvalue())
+    return out
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real photos (scikit-learn's samples, cropped to odd sizes and aspect
+    ratios) as JPEG bytes; each call of the returned function gives fresh
+    PIL images."""
+    from PIL import Image
+    data = _photos()
+    return lambda: [Image.open(io.BytesIO(b)) for b in data]

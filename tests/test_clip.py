@@ -1,5 +1,4 @@
 """jclip's CLIP equals the PyTorch reference (open_clip, OpenAI architecture)."""
-import io
 import os
 import subprocess
 import sys
@@ -185,24 +184,13 @@ def test_tokenizer_matches_openai():
         jclip.tokenize(["word " * 200])
 
 
-def _photos():
-    from sklearn.datasets import load_sample_image  # real JPEG photos shipped with scikit-learn
-    for name in ("china.jpg", "flower.jpg"):
-        photo = Image.fromarray(load_sample_image(name))
-        for box in (None, (0, 0, 300, 427), (10, 5, 640, 200), (0, 0, 225, 333), (1, 1, 223, 500)):
-            img = photo if box is None else photo.crop(box)
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=90)
-            yield Image.open(io.BytesIO(buf.getvalue()))
-
-
-def test_preprocess_matches_reference_on_photos():
+def test_preprocess_matches_reference_on_photos(photos):
     from torchvision import transforms as T
     ref = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
                      lambda im: im.convert("RGB"), T.ToTensor(), T.Normalize(open_clip.OPENAI_DATASET_MEAN,
                                                                               open_clip.OPENAI_DATASET_STD)])
     pre = jclip.Preprocess(224)
-    for img in _photos():
+    for img in photos():
         ours = pre(img)
         assert ours.shape == (3, 224, 224) and ours.dtype == np.float32
         assert np.abs(ours - ref(img).numpy()).max() <= 1e-6

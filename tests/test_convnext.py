@@ -66,6 +66,7 @@ def test_parity_atto_and_both_namings():
     assert "head.weight" in official and "norm.weight" in official
 
 
+@pytest.mark.slow
 def test_parity_base():
     _compare("base", 224, seed=1)
 
@@ -113,3 +114,20 @@ def test_drop_path_only_in_training():
     with jt.no_grad():
         c = m(x).numpy()
     assert not np.allclose(a, c)
+
+
+def test_card_and_preprocessing_match_timm(photos):
+    """The convnextv2_base card (input size, crop, statistics, filter) is timm's
+    pretrained configuration, and preprocess_for gives timm's eval transform."""
+    from jclip.data.images import preprocess_for
+    from jclip.models.registry import get_card
+    card, ref_cfg = get_card("convnextv2_base"), timm.models.get_pretrained_cfg("convnextv2_base")
+    assert (3, card.input_size, card.input_size) == ref_cfg.input_size
+    assert (card.crop_pct, card.interpolation, card.mean, card.std) == \
+        (ref_cfg.crop_pct, ref_cfg.interpolation, ref_cfg.mean, ref_cfg.std)
+    ref = timm.data.create_transform(**timm.data.resolve_data_config({}, pretrained_cfg=ref_cfg.to_dict()))
+    ours = preprocess_for("convnextv2_base")
+    for img in photos():
+        x = ours(img)
+        assert x.shape == (3, 224, 224) and x.dtype == np.float32
+        assert np.abs(x - ref(img.convert("RGB")).numpy()).max() <= 1e-5

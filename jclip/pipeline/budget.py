@@ -19,10 +19,10 @@ Three totals (SPEC section 1 asks for the first two):
             per stage).
 """
 import os
-from typing import Callable, Dict, List, Mapping, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Tuple
 
 from ..data.lists import read_classes
-from .config import Config, config_from_dict
+from .config import Config
 
 # OpenAI CLIP: (embed dim, vision, text); vision layers int = ViT, tuple = ResNet.
 TEXT_B = dict(width=512, layers=12, vocab=49408, context=77)
@@ -179,13 +179,7 @@ def _num_classes(cfg: Config) -> Tuple[int, str]:
     return cfg.budget.num_classes, "budget.num_classes"
 
 
-def _as_config(cfg: Union[Config, Mapping]) -> Config:
-    # a plain dict (the old load_config's) is validated like a file
-    return cfg if isinstance(cfg, Config) else config_from_dict(
-        {k: v for k, v in cfg.items() if k != "_path"}, cfg.get("_path", "<configuration>"))
-
-
-def components(cfg: Union[Config, Mapping], from_weights: bool = False
+def components(cfg: Config, from_weights: bool = False
                ) -> Tuple[List[Tuple[str, int]], Dict[str, List[str]], List[str]]:
     """What the configured cascade holds.
 
@@ -194,7 +188,6 @@ def components(cfg: Union[Config, Mapping], from_weights: bool = False
     Returns: (rows, stages, notes): rows = [(component, parameters)], stages =
     {stage: [components it uses]}, notes = where each count came from.
     """
-    cfg = _as_config(cfg)
     casc = cfg.cascade
     n_all, src = _num_classes(cfg)
     n_seen = casc.unseen_from
@@ -265,13 +258,12 @@ def verdict(counts: Mapping[str, int], limit: int, limit_on: str) -> Tuple[bool,
     return False, line
 
 
-def report(cfg: Union[Config, Mapping], from_weights: bool = False, limit: int = None,
+def report(cfg: Config, from_weights: bool = False, limit: int = None,
            limit_on: str = None, out: Callable[[str], None] = print) -> Tuple[int, int, bool]:
     """Print the budget table and totals; the last line is the verdict.
 
     Returns: (loaded, by_use, over_limit); by calls equals loaded here.
     """
-    cfg = _as_config(cfg)
     rows, stages, notes = components(cfg, from_weights)
     loaded, by_use = totals(rows, stages)
     calls = by_calls(rows)

@@ -10,6 +10,7 @@ copy of the whole state dict; tests check the package reads it back exactly.
 
 No Jittor, no torch.
 """
+import hashlib
 import json
 import struct
 from collections import OrderedDict
@@ -19,6 +20,10 @@ import numpy as np
 from .safe_pickle import FormatError
 
 MAGIC_MAX_HEADER = 100 << 20   # the package's own limit on the header size
+# SHA-256 of the data section, in the metadata of files jclip writes: the
+# format has no checksum of its own, and a flipped bit would load silently.
+DATA_SHA_KEY = "jclip_data_sha256"
+_PLACEHOLDER = "0" * 64
 _TO_ST = {"bool": "BOOL", "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64",
           "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64",
           "float16": "F16", "float32": "F32", "float64": "F64"}
@@ -35,11 +40,14 @@ def looks_like(head, size):
 
 def write(f, arrays, metadata, cast=None):
     """Stream ``arrays`` (name -> ndarray, in order) and ``metadata`` (str ->
-    str) to the binary file ``f``; ``cast(name, array)``, when given, returns
-    the array to store (called once per tensor, just before it is written)."""
+    str) to the seekable binary file ``f``; ``cast(name, array)``, when given,
+    returns the array to store (called once per tensor, just before it is
+    written).  The data's SHA-256 is hashed while streaming and patched into
+    the header's metadata afterwards (same length, so nothing moves)."""
     header, offset, order = OrderedDict(), 0, []
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta[DATA_SHA_KEY] = _PLACEHOLDER
+    header["__metadata__"] = meta
     for name, arr in arrays.items():
         dt, shape = _stored_dtype(name, arr, cast)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
@@ -49,13 +57,22 @@ def write(f, arrays, metadata, cast=None):
         order.append(name)
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
+    start = f.tell()
     f.write(struct.pack("<Q", len(text)) + text)
+    h = hashlib.sha256()
     for name in order:
         arr = np.asarray(arrays[name])
         if cast is not None:
             arr = cast(name, arr)
         arr = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<"))
-        f.write(memoryview(arr.reshape(-1)).cast("B"))
+        block = memoryview(arr.reshape(-1)).cast("B")
+        h.update(block)
+        f.write(block)
+    end = f.tell()
+    at = text.index(f'"{DATA_SHA_KEY}":"{_PLACEHOLDER}"'.encode()) + len(DATA_SHA_KEY) + 4
+    f.seek(start + 8 + at)
+    f.write(h.hexdigest().encode())
+    f.seek(end)
 
 
 def _stored_dtype(name, arr, cast):
@@ -84,16 +101,24 @@ def read(path):
     except (TypeError, ValueError, KeyError, OverflowError, MemoryError) as e:
         raise FormatError(f"unreadable safetensors file ({type(e).__name__}: "
                           f"{str(e)[:200]})") from None
-    order = _data_order(path)
-    if order and sorted(order) == sorted(out):
+    order = _check_data(path, metadata.get(DATA_SHA_KEY))
+    if sorted(order) == sorted(out):
         out = OrderedDict((n, out[n]) for n in order)
     return out, dict(metadata)
 
 
-def _data_order(path):
+def _check_data(path, want_sha):
     """Tensor names in header order (the order written; safe_open lists them
-    sorted).  The header was validated by safe_open already."""
+    sorted), after checking the data's SHA-256 when the file records one.
+    The header was validated by safe_open already."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
+        if want_sha is not None:
+            h = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+            if h.hexdigest() != want_sha:
+                raise FormatError("checksum mismatch, the file is corrupt; delete it "
+                                  "and convert again")
     return [k for k in header if k != "__metadata__"]

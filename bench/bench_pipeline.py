@@ -11,6 +11,7 @@ of 1), as the reference solution did.
     .venv/bin/python bench/bench_pipeline.py --n 100 --ref-n 10
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -70,7 +71,7 @@ def main():
     import jclip
     import jittor as jt
     from jclip.pipeline.backbones import encode_files
-    from jclip.pipeline.cli import load_config
+    from jclip.pipeline.config import Backbone, load_config
     from jclip.models.load import use_device
     from jclip.heads import InMaP, LPPlusPlus, l2_normalize
     from jclip.data.images import preprocess_for, read_image
@@ -91,10 +92,10 @@ def main():
     for name, key in (("ViT-B/32", "vit"), ("RN101", "rn")):
         model, pre = jclip.load(weights[name], device=device)
         # compile every shape the timed run meets, the last partial batch included
-        encode_files(model, pre, paths, {"model": name}, cfg, "warm-up")
+        encode_files(model, pre, paths, Backbone(name, weights[name]), cfg, "warm-up")
         t0 = time.perf_counter()
-        feats[key], _ = encode_files(model, pre, paths, {"model": name}, cfg, name)
-        record(f"encode {name}", len(paths), time.perf_counter() - t0, f"batch {cfg['batch_size']}")
+        feats[key], _ = encode_files(model, pre, paths, Backbone(name, weights[name]), cfg, name)
+        record(f"encode {name}", len(paths), time.perf_counter() - t0, f"batch {cfg.batch_size}")
         with jt.no_grad():
             model.encode_image(jt.array(read_image(paths[0], pre)[None])).numpy()  # compile batch 1
             t0 = time.perf_counter()
@@ -105,7 +106,7 @@ def main():
         del model
         jt.gc()
 
-    icfg = dict(cfg["inmap"])
+    icfg = dataclasses.asdict(cfg.inmap)
     if a.inmap_iters:
         icfg["iters"] = a.inmap_iters
     rng = np.random.default_rng(0)
@@ -126,7 +127,7 @@ def main():
 
     model = load_convnextv2(weights["convnext"], num_classes=130)
     model.offset, model.image_size = 244, 224
-    bs = cfg["dog_head"]["batch_size"]
+    bs = cfg.dog_head.batch_size
     finetune.predict(model, paths, batch_size=bs, verbose=False)   # compile every shape
     t0 = time.perf_counter()
     finetune.predict(model, paths, batch_size=bs, verbose=False)

@@ -108,6 +108,8 @@ class Backbone:
 
 @dataclass(frozen=True)
 class LPPSection:
+    """LP++ on each backbone of ``cascade.lpp_mix`` (train.sh); the epoch is chosen on
+    ``val_per_class`` held-out images per class."""
     epochs: int = _meta(min=1)
     momentum: float = _meta(min=0)
     alpha_every: int = _meta(min=1)
@@ -118,6 +120,7 @@ class LPPSection:
 
 @dataclass(frozen=True)
 class InMaPSection:
+    """InMaP over all test classes (test.sh), transductive on the test images."""
     lr: float = _meta(gt=0)
     iters: int = _meta(min=1)
     iters_sinkhorn: int = _meta(min=1)
@@ -129,6 +132,7 @@ class InMaPSection:
 
 @dataclass(frozen=True)
 class DogHeadSection:
+    """The ConvNeXt-V2 dog head (``mode`` fast: features once; full: augmented crops)."""
     model: str
     weights: str
     mode: str = _meta(choices=DOG_HEAD_MODES)
@@ -142,6 +146,7 @@ class DogHeadSection:
 
 @dataclass(frozen=True)
 class CascadeSection:
+    """Mixing weights per backbone and the routing ids (unseen from, dog range)."""
     inmap_mix: Mapping[str, float] = _meta(mix=True)
     lpp_mix: Mapping[str, float] = _meta(mix=True)
     unseen_from: int = _meta(min=0)
@@ -163,6 +168,7 @@ class SweepSection:
 
 @dataclass(frozen=True)
 class BudgetSection:
+    """budget.py: the limit and which count it applies to."""
     limit: int = _meta(min=1)
     limit_on: str = _meta(choices=LIMIT_ON, optional=True)
     num_classes: int = _meta(min=1)

@@ -115,7 +115,7 @@ class LPPSection:
     alpha_every: int = _meta(min=1)
     alpha_scale: float = _meta(gt=0)
     val_per_class: int = _meta(min=0)
-    seed: int = _meta()
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ class InMaPSection:
     iters_sinkhorn: int = _meta(min=1)
     tau_t: float = _meta(gt=0)
     tau_i: float = _meta(gt=0)
-    alpha: float = _meta()
-    gamma: float = _meta()
+    alpha: float
+    gamma: float
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class DogHeadSection:
     batch_size: int = _meta(min=1)
     lr: Optional[float] = _meta(gt=0)
     size: int = _meta(min=1)
-    seed: int = _meta()
+    seed: int
     val_per_class: int = _meta(min=0)
 
 
@@ -151,7 +151,7 @@ class CascadeSection:
     lpp_mix: Mapping[str, float] = _meta(mix=True)
     unseen_from: int = _meta(min=0)
     dog_range: Tuple[int, int] = _meta(min=0)
-    dog_domain: str = _meta()
+    dog_domain: str
     topk: int = _meta(min=1)
 
 
@@ -184,7 +184,7 @@ class Config:
     batch_size: int = _meta(min=1)
     workers: Optional[int] = _meta(min=0)
     templates: str = _meta(choices=TEMPLATE_SETS)
-    domain_suffix: bool = _meta()
+    domain_suffix: bool
     backbones: Mapping[str, Backbone] = _meta(nonempty=True)
     lpp: LPPSection = _meta()
     inmap: InMaPSection = _meta()

@@ -7,7 +7,15 @@ torch-free converter and the numpy heads start instantly.
 
     model, preprocess = jclip.load("ViT-B/32")
     tokens = jclip.tokenize(["a photo of a dog."])
+
+Public API (each documented where it lives): ``load``, ``available_models``,
+``use_device``, ``weights_sha256`` (models/load.py); ``tokenize``
+(models/tokenizer.py); ``encode_images``, ``encode_image_files``,
+``encode_texts`` (features/encode.py); ``Preprocess``, ``load_images``
+(data/images.py); ``build_model``, ``CLIP`` (models/clip.py).
 """
+from typing import TYPE_CHECKING, Any, List
+
 from .jittor_env import configure as _configure
 
 _configure()
@@ -26,9 +34,21 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
+if TYPE_CHECKING:  # the real signatures for type checkers and IDEs; never run
+    from .data.images import Preprocess, load_images  # noqa: F401
+    from .features.encode import encode_image_files, encode_images, encode_texts  # noqa: F401
+    from .models.clip import CLIP, build_model  # noqa: F401
+    from .models.load import available_models, load, use_device, weights_sha256  # noqa: F401
+    from .models.tokenizer import tokenize  # noqa: F401
 
-def __getattr__(name):
+
+def __getattr__(name: str) -> Any:
+    """The public API's names, imported on first use (PEP 562)."""
     if name in _LAZY:
         import importlib
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'jclip' has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,11 +1,13 @@
 """Batched CLIP encoding of image arrays, image files and prompts (normalised features)."""
+from typing import List, Optional, Sequence, Tuple
+
 import jittor as jt
 import numpy as np
 from tqdm import tqdm
 
-from ..data.images import iter_batches
+from ..data.images import Preprocess, iter_batches
 from ..models.batching import run_in_slices
-from ..models.clip import normalize
+from ..models.clip import CLIP, normalize
 from ..models.tokenizer import tokenize
 
 
@@ -15,8 +17,13 @@ def _encode(model, batch):
                          getattr(model.visual, "cpu_batch", None))
 
 
-def encode_images(model, images, batch_size=64):
-    """L2-normalised features of a preprocessed (N, 3, S, S) array, in batches."""
+def encode_images(model: CLIP, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """L2-normalised image features of a preprocessed array, in batches.
+
+    Parameters: ``model`` from ``jclip.load``; ``images`` (N, 3, S, S) float32
+    from its preprocess; ``batch_size`` images per forward.
+    Returns: (N, D) float32, unit rows.
+    """
     out = []
     with jt.no_grad():
         for start in range(0, len(images), batch_size):
@@ -25,13 +32,19 @@ def encode_images(model, images, batch_size=64):
     return np.concatenate(out) if out else np.zeros((0, model.text_projection.shape[1]), np.float32)
 
 
-def encode_image_files(model, paths, preprocess, batch_size=64, workers=None, strict=False,
-                       progress=True, desc="encoding images"):
-    """L2-normalised features of image files: ``(features, ok, errors)``.
+def encode_image_files(model: CLIP, paths: Sequence[str], preprocess: Preprocess,
+                       batch_size: int = 64, workers: Optional[int] = None, strict: bool = False,
+                       progress: bool = True, desc: str = "encoding images"
+                       ) -> Tuple[np.ndarray, List[int], List[Tuple[str, str]]]:
+    """L2-normalised features of image files, decoded by a thread pool one
+    batch ahead of the model.
 
-    Files are decoded by a thread pool one batch ahead of the model.  ``ok``
-    are the indices of ``paths`` that ``features`` rows hold; unreadable files
-    are listed in ``errors`` as ``(path, message)`` (raised with ``strict``).
+    Parameters: ``preprocess`` the model's transform (from ``jclip.load``);
+    ``workers`` decoding threads; ``strict`` raise ImageLoadError on an
+    unreadable file instead of skipping it; ``progress`` / ``desc`` the bar.
+    Returns: ``(features (N_ok, D) float32, ok, errors)``: ``ok`` are the
+    indices of ``paths`` that ``features`` rows hold; unreadable files are
+    listed in ``errors`` as ``(path, message)``.
     """
     paths = list(paths)
     feats, ok, errors = [], [], []
@@ -51,8 +64,14 @@ def encode_image_files(model, paths, preprocess, batch_size=64, workers=None, st
     return (np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)), ok, errors
 
 
-def encode_texts(model, texts, batch_size=256, truncate=True):
-    """L2-normalised features of a list of strings."""
+def encode_texts(model: CLIP, texts: Sequence[str], batch_size: int = 256,
+                 truncate: bool = True) -> np.ndarray:
+    """L2-normalised text features.
+
+    Parameters: ``texts`` the prompts; ``batch_size`` prompts per forward;
+    ``truncate`` cut prompts longer than the context (else ValueError).
+    Returns: (len(texts), D) float32, unit rows.
+    """
     out = []
     with jt.no_grad():
         for start in range(0, len(texts), batch_size):

@@ -1,5 +1,6 @@
 """Loading CLIP models by name or path, and choosing the device."""
 import os
+from typing import List, Optional, Tuple
 
 import jittor as jt
 
@@ -7,24 +8,28 @@ from ..data.images import Preprocess
 from ..weights.checkpoint import find_weights, read_state_dict
 from ..io import sha256_file
 from .registry import available as _registered, get_card
-from .clip import build_model
+from .clip import CLIP, build_model
 
 WEIGHTS_ENV = "JCLIP_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = "weights"
 
 
-def available_models():
-    """OpenAI CLIP model names that ``load`` resolves (after ``convert.py``)."""
+def available_models() -> List[str]:
+    """OpenAI CLIP model names that ``load`` resolves (after ``convert.py``).
+
+    Returns: the names in the registry's order ("RN50" ... "ViT-L/14@336px").
+    """
     return _registered("clip")
 
 
-def weights_dir(path=None):
+def weights_dir(path: Optional[str] = None) -> str:
     """The converted-weights folder: the argument, else $JCLIP_WEIGHTS, else ./weights."""
     return path or os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS_DIR
 
 
-def resolve(name_or_path, weights=None):
-    """The file ``load`` reads for a model name or a path."""
+def resolve(name_or_path: str, weights: Optional[str] = None) -> str:
+    """The file ``load`` reads for a model name or a path (FileNotFoundError
+    naming what to run when there is none)."""
     if os.path.isfile(name_or_path):
         return name_or_path
     # A .pkl path whose .safetensors sibling exists (or the reverse) is found.
@@ -44,8 +49,13 @@ def resolve(name_or_path, weights=None):
                             f"(known: {', '.join(available_models())})")
 
 
-def use_device(device=None):
-    """Select Jittor's device: None = CUDA when Jittor has it, else CPU."""
+def use_device(device: Optional[str] = None) -> str:
+    """Select Jittor's device for everything that runs next.
+
+    Parameters: ``device`` None (CUDA when Jittor has it, else the CPU),
+    "cpu" or "cuda" (RuntimeError when Jittor has no CUDA).
+    Returns: the device chosen, "cpu" or "cuda".
+    """
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', not {device!r}")
     if device == "cuda" and not jt.has_cuda:
@@ -55,12 +65,19 @@ def use_device(device=None):
     return "cuda" if jt.flags.use_cuda else "cpu"
 
 
-def load(name_or_path, device=None, weights=None):
+def load(name_or_path: str, device: Optional[str] = None,
+         weights: Optional[str] = None) -> Tuple[CLIP, Preprocess]:
     """``(model, preprocess)`` for an OpenAI CLIP name or a weights file.
 
-    The file may be a converted jclip ``.pkl`` or an original PyTorch
-    checkpoint (converted in memory, torch not needed).  The architecture is
-    inferred from the state dict.  The model is fp32 and in eval mode.
+    Parameters: ``name_or_path`` a name of ``available_models()`` (read from
+    the converted-weights folder) or a file: a converted jclip weights file
+    or an original PyTorch checkpoint (converted in memory, torch not
+    needed); ``device`` as ``use_device``; ``weights`` the converted-weights
+    folder (default $JCLIP_WEIGHTS, else ./weights).
+    Returns: the model (architecture inferred from the state dict, fp32, eval
+    mode) and its eval transform (``Preprocess`` at the model's input size).
+    Raises FileNotFoundError for a missing file, ValueError/CheckpointError
+    naming the file for one that is not a CLIP checkpoint.
     """
     path = resolve(name_or_path, weights)
     use_device(device)
@@ -73,9 +90,13 @@ def load(name_or_path, device=None, weights=None):
     return model, Preprocess(model.input_resolution)
 
 
-def weights_sha256(model):
-    """SHA-256 of the checkpoint a loaded model came from (recorded by convert.py,
-    else hashed now); caches and trained heads are keyed by it."""
+def weights_sha256(model: CLIP) -> str:
+    """SHA-256 of the checkpoint a loaded model came from.
+
+    Parameters: ``model`` a model from ``load``.
+    Returns: the hex digest recorded by convert.py, else the file hashed now
+    (once); feature caches and trained heads are keyed by it.
+    """
     if getattr(model, "_weights_sha256", None) is None:
         model._weights_sha256 = sha256_file(model.weights_path)
     return model._weights_sha256

@@ -9,6 +9,7 @@ import functools
 import gzip
 import html
 import os
+from typing import Iterable, List, Sequence, Union
 
 import ftfy
 import numpy as np
@@ -88,30 +89,37 @@ class SimpleTokenizer:
         self.cache[token] = result
         return result
 
-    def encode(self, text):
+    def encode(self, text: str) -> List[int]:
+        """BPE ids of ``text`` (cleaned, lower-cased), without start/end tokens."""
         ids = []
         for piece in re.findall(self.pattern, _clean(text)):
             piece = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
             ids.extend(self.encoder[unit] for unit in self.bpe(piece).split(" "))
         return ids
 
-    def decode(self, ids):
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of BPE ids (word ends become spaces)."""
         text = "".join(self.decoder[i] for i in ids)
         return bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace") \
             .replace("</w>", " ")
 
 
 @functools.lru_cache()
-def get_tokenizer():
+def get_tokenizer() -> SimpleTokenizer:
+    """The shared tokenizer (the vocabulary is read once)."""
     return SimpleTokenizer()
 
 
-def tokenize(texts, context_length=77, truncate=False):
-    """Token ids of shape (len(texts), context_length), int64, zero-padded.
+def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77,
+             truncate: bool = False) -> np.ndarray:
+    """OpenAI CLIP token ids, as ``clip.tokenize``.
 
-    A text longer than the context raises ValueError unless ``truncate``, in
-    which case it is cut and the last id is forced back to <|endoftext|> (the
-    text encoder reads its feature at that position).
+    Parameters: ``texts`` one string or a list; ``context_length`` the model's
+    (77 for every OpenAI CLIP); ``truncate`` cut long texts instead of raising.
+    Returns: (len(texts), context_length) int64, <|startoftext|> ... <|endoftext|>,
+    zero-padded.  A text longer than the context raises ValueError unless
+    ``truncate``, in which case it is cut and the last id is forced back to
+    <|endoftext|> (the text encoder reads its feature at that position).
     """
     if isinstance(texts, str):
         texts = [texts]

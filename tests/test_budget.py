@@ -106,3 +106,22 @@ def test_budget_does_not_import_jittor(tmp_path):
 def test_unknown_model_without_weights_is_a_clear_error(tmp_path):
     r = run_budget("--set", "dog_head.model=convnextv2_tiny", "--set", f"dog_head.weights={tmp_path / 'x.pkl'}")
     assert r.returncode == 1 and r.stderr.strip().startswith(f"error: {tmp_path / 'x.pkl'}: weights not found")
+
+
+def test_model_not_known_by_name_is_counted_from_its_file(tmp_path, monkeypatch):
+    # a ConvNeXt-V2-Atto file (official names, ImageNet head): counted from its shapes on disk
+    from jclip.weights.checkpoint import save_state_dict
+    import numpy as np
+    monkeypatch.setitem(budget.CONVNEXT_ARCHS, "atto", ((2, 2, 6, 2), (40, 80, 160, 320)))
+    shapes = budget.convnext_shapes("atto")
+    monkeypatch.delitem(budget.CONVNEXT_ARCHS, "atto")
+    path = tmp_path / "convnextv2_atto_1k_224_ema.safetensors"
+    save_state_dict(str(path), {k: np.zeros(s, np.float32) for k, s in shapes.items()}, {})
+    cfg = load_config(None, ["data.root=/nonexistent", "dog_head.model=convnextv2_atto",
+                             f"dog_head.weights={path}"])
+    rows, _, notes = budget.components(cfg)
+    params = dict(rows)
+    full = budget.count(shapes)
+    assert params["convnextv2_atto backbone (without its 321,000-parameter ImageNet head)"] == full - 321_000
+    assert params["dog head (130-way, 320->130)"] == 321 * 130
+    assert f"convnextv2_atto: {full:,} with its ImageNet head, from {path}" in notes

@@ -59,9 +59,9 @@ class Cascade:
     inmap_mix, lpp_mix: {key: weight}; unseen: (C,) bool over InMaP's classes,
     the classes InMaP answers for; dog: (C_seen,) bool over the seen classes,
     the classes the dog head answers for; k: ids per image; dog_head: has
-    ``topk(paths) -> [ids or None]``; lpp_classes: the seen class ids LP++'s
-    columns stand for (None: all of them, in order), e.g. when classes are
-    held out as unseen; inmap_at: InMaP's logits after that many iterations
+    ``topk(paths) -> [ids or None]`` (None: LP++ answers for the dogs too);
+    lpp_classes: the seen class ids LP++'s columns stand for (None: all of
+    them, in order), e.g. when classes are held out as unseen; inmap_at: InMaP's logits after that many iterations
     (a snapshot its heads kept; None: after all of them).
     """
     inmap: Mapping[str, object]
@@ -135,8 +135,10 @@ class Cascade:
         rows = np.flatnonzero(stage == "dog")
         if not rows.size:
             return
-        for i, answer in zip(rows, self.dog_head.topk([paths[i] for i in rows])):
-            if answer is None:      # ConvNeXt could not read what CLIP could
+        answers = (self.dog_head.topk([paths[i] for i in rows]) if self.dog_head is not None
+                   else [None] * rows.size)
+        for i, answer in zip(rows, answers):
+            if answer is None:      # ConvNeXt could not read what CLIP could (or no dog head)
                 stage[i] = "lpp-fallback"
             else:
                 ids[i] = answer

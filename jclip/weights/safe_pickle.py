@@ -14,6 +14,7 @@ No Jittor, no torch.
 import io
 import pickletools
 
+_MEMO_OPS = ("PUT", "BINPUT", "LONG_BINPUT")
 MAX_DEPTH = 64              # nesting of containers/modules; real files use < 20
 MAX_DIMS = 32               # numpy's own limit is 32 (64 in numpy 2)
 SLACK = 64 << 20            # bytes any file may materialise beyond its own size
@@ -60,8 +61,12 @@ def prescan(f, end):
     size) or an opcode is invalid.  ``f`` is left where it was."""
     start = f.tell()
     try:
-        for _op, _arg, _pos in pickletools.genops(_Bounded(f, end)):
-            pass
+        for op, arg, pos in pickletools.genops(_Bounded(f, end)):
+            # The C unpickler grows its memo table to the largest index it
+            # is given; honest pickles number entries 0, 1, 2... (each costs
+            # at least one byte), so an index beyond the position is forged.
+            if op.name in _MEMO_OPS and arg > (pos or 0):
+                raise FormatError(f"memo index {arg} at byte {pos} is out of range")
     except (ValueError, EOFError, OverflowError, UnicodeDecodeError) as e:
         raise FormatError(f"corrupt pickle at byte {f.tell()} ({e})") from None
     finally:

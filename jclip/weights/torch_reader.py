@@ -378,6 +378,11 @@ def read_zip(path):
         raise TorchFormatError(f"corrupt or truncated zip archive ({e})") \
             from None
     with zf:
+        names = zf.namelist()
+        if len(set(names)) != len(names):
+            # zipfile would silently take the last copy of a duplicated name.
+            dup = next(n for n in names if names.count(n) > 1)
+            raise TorchFormatError(f"zip member {dup[:80]} appears twice")
         root = _zip_root(zf)
         order = "little"
         if root + "byteorder" in zf.namelist():
@@ -480,6 +485,9 @@ def read_legacy(path):
             if f.readinto(raw) != nbytes:
                 raise TorchFormatError("file is truncated")
             st.data = np.frombuffer(raw, st.type.dtype)
+        if f.read(1):
+            # Bytes after the last storage: shifted or spliced data.
+            raise TorchFormatError("unexpected bytes after the last storage")
     for view in views:
         view.resolve()
     return _resolve(obj, budget)

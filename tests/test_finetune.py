@@ -146,3 +146,28 @@ def test_cli_train_and_predict(data, tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"error: .*train.txt.*10-13|error: .*no images with labels 50-60"):
         main(["train", "--weights", str(data / "atto.pkl"), "--list", str(data / "train.txt"),
               "--labels", "50-60", "--out", str(tmp_path / "x.pkl")])
+
+
+def test_train_augmentation_against_torchvision(photos):
+    """TrainTransform: a crop that cannot fit falls back to the whole image, then
+    bicubic resize, a seeded flip and the card's normalisation, as torchvision's."""
+    T = pytest.importorskip("torchvision.transforms")
+    from jclip.data.images import TrainTransform
+    from jclip.models.registry import get_card
+    card = get_card("convnextv2_base")
+    ref = T.Compose([T.Resize((48, 48), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                     T.Normalize(card.mean, card.std)])
+    img = photos()[0].convert("RGB").crop((0, 0, 301, 301))
+    whole = ft.data.train_transform(48, scale=(1.0, 1.0))       # only aspect 1 fits: the whole image
+    expected = ref(img).numpy()
+    flips = []
+    for seed in range(8):
+        out = whole(img, np.random.RandomState(seed))
+        flipped = np.abs(out - expected[:, :, ::-1]).max() <= 1e-5
+        assert flipped or np.abs(out - expected).max() <= 1e-5, seed
+        flips.append(flipped)
+    assert any(flips) and not all(flips)
+    crop = TrainTransform.for_model("convnextv2_base", 48)
+    a, b = crop(img, np.random.RandomState(5)), crop(img, np.random.RandomState(5))
+    np.testing.assert_array_equal(a, b)                              # same seed, same crop
+    assert np.abs(a - crop(img, np.random.RandomState(6))).max() > 0.1

@@ -1,6 +1,8 @@
 """The few-shot benchmark: datasets and their errors, reproducible shots,
-CoOp beating zero-shot on a generated dataset, the CLI end to end, plots."""
+CoOp beating zero-shot on a generated dataset, the CLI end to end (its
+accuracies recomputed independently), plots."""
 import csv
+import json
 import os
 
 import numpy as np
@@ -8,7 +10,10 @@ import pytest
 from PIL import Image
 
 import jclip  # noqa: F401
-from jclip.fewshot import study as fewshot
+from jclip.fewshot import cli, study
+from jclip.fewshot import datasets as fewshot
+from jclip.fewshot.backbone import Backbone
+from jclip.heads import ZeroShot
 from jclip.weights.checkpoint import save_state_dict
 from jclip.plot import bar_plot, line_plot, nice_ticks
 from reference import build_reference
@@ -107,20 +112,42 @@ def test_shots_are_reproducible_nested_and_disjoint_from_validation():
     assert np.bincount(labels[val]).tolist() == [4] * 5
 
 
+def test_methods_are_built_from_the_registry():
+    t = np.eye(4)
+    probe = study.make_head("linear_probe", 3, t, num_classes=4, has_val=False)
+    assert probe.get_params()["Cs"] == (1.0,) and probe.num_classes == 4
+    lpp = study.make_head("lpp", 7, t, params={"epochs": 5, "momentum": None})
+    assert lpp.text_weights is t and lpp.seed == 7 and lpp.epochs == 5 and lpp.momentum == 0.9
+    with pytest.raises(ValueError, match="no hyper-parameter"):
+        study.make_head("lpp", 0, t, params={"epohcs": 5})
+    with pytest.raises(ValueError, match="unknown method"):
+        study.make_head("inmap_typo", 0, t)
+    assert "inmap" not in study.METHODS            # transductive, not a few-shot method
+
+
+def test_scores_are_percent_top1_and_top5():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((300, 10)), rng.integers(0, 10, 300)
+    rank = np.argsort(np.argsort(-logits, axis=1, kind="stable"), axis=1)[np.arange(300), labels]
+    got = study.scores(logits, labels)
+    assert got == {"top1": 100 * np.mean(rank == 0), "top5": 100 * np.mean(rank < 5)}
+    assert 0 < got["top1"] < got["top5"] < 100
+
+
 # ------------------------------------------------------------------ learning
 
 def test_coop_beats_zero_shot_on_generated_colours(colours, tiny_model, tmp_path):
     ds = fewshot.load_dataset(str(colours))
-    backbone = fewshot.Backbone(tiny_model, str(tmp_path / "cache"), progress=False)
+    backbone = Backbone(tiny_model, str(tmp_path / "cache"), progress=False)
     train_x, test_x = backbone.images(ds.train_paths), backbone.images(ds.test_paths)
     text = backbone.text_weights(ds.class_names, "single")
-    zero = fewshot.scores(fewshot.train_method("zeroshot", 0, None, None, [], [], text, 4)(test_x),
-                          ds.test_labels)["top1"]
-    from jclip.heads.prompt_learning import CoOp
-    learner = CoOp(backbone.model, ds.class_names, seed=0)
-    learner.fit(train_x, ds.train_labels, epochs=25, batch_size=8, lr=0.05, progress=False)
+    zero = study.scores(study.make_head("zeroshot", 0, text).fit().logits(test_x),
+                        ds.test_labels)["top1"]
+    learner = study.make_head("coop", 0, model=backbone.model, class_names=ds.class_names,
+                              params=dict(epochs=25, batch_size=8, lr=0.05))
+    learner.fit(train_x, ds.train_labels)
     losses = [h[1] for h in learner.history_]
-    coop = fewshot.scores(learner.logits(test_x), ds.test_labels)["top1"]
+    coop = study.scores(learner.logits(test_x), ds.test_labels)["top1"]
     assert losses[-1] < 0.8 * losses[0], losses
     assert coop > zero + 20, (coop, zero)
 
@@ -140,22 +167,41 @@ def is_png(path):
     return True
 
 
+def zero_shot_top1(colours, tiny_model, cache, classes=None):
+    """Zero-shot top-1 (%) on the colours test split, computed here from the
+    cached features: argmax of features . text weights, no study code."""
+    ds = fewshot.load_dataset(str(colours))
+    backbone = Backbone(tiny_model, cache, progress=False)
+    classes = np.arange(len(ds.class_names)) if classes is None else classes
+    keep = np.isin(ds.test_labels, classes)
+    x = backbone.images([p for p, k in zip(ds.test_paths, keep) if k])
+    t = backbone.text_weights([ds.class_names[i] for i in classes], "single")
+    return 100.0 * np.mean(classes[np.argmax(x @ t.T, axis=1)] == ds.test_labels[keep])
+
+
 def test_cli_end_to_end(colours, tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--data", str(colours), "--model", tiny_model, "--shots", "1", "2", "--seeds", "1", "2",
-            "--methods", *fewshot.METHODS, "--coop-epochs", "2", "--cocoop-epochs", "1",
+            "--methods", *study.METHODS, "--coop-epochs", "2", "--cocoop-epochs", "1",
             "--cocoop-batch-size", "4", "--templates", "single", "--output", str(out),
             "--cache", str(tmp_path / "cache"), "--no-progress"]
-    assert fewshot.main(argv) == 0
+    assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "Tip-Adapter-F" in printed and "±" in printed
     rows = read_rows(out / "results.csv")
-    assert len(rows) == len(fewshot.METHODS) * 2 * 2
+    assert len(rows) == len(study.METHODS) * 2 * 2
     assert {(r["method"], r["shots"], r["seed"]) for r in rows} == \
-        {(m, s, d) for m in fewshot.METHODS for s in ("1", "2") for d in ("1", "2")}
+        {(m, s, d) for m in study.METHODS for s in ("1", "2") for d in ("1", "2")}
     for r in rows:
         assert 0 <= float(r["top1"]) <= float(r["top5"]) <= 100
-    assert float(next(r for r in rows if r["method"] == "lpp")["top5"]) == 100.0   # 4 classes
+    zs = next(r for r in rows if r["method"] == "zeroshot")
+    assert float(zs["top1"]) == pytest.approx(zero_shot_top1(colours, tiny_model, str(tmp_path / "cache")),
+                                              abs=1e-4)
+    run = json.loads((out / "run.json").read_text())
+    # flags given, and class defaults for those left unset
+    assert run["hyper_parameters"]["coop"]["epochs"] == 2
+    assert run["hyper_parameters"]["coop"]["batch_size"] == 32
+    assert run["hyper_parameters"]["cocoop"]["batch_size"] == 4
     assert is_png(out / "accuracy.png")
     saved = sorted(os.listdir(out / "prompts"))
     assert saved == sorted(f"{m}-{s}shot-seed{d}.npz" for m in ("coop", "cocoop")
@@ -171,25 +217,31 @@ def test_cli_base_to_new(colours, tiny_model, tmp_path, capsys):
             "--methods", "zeroshot", "tip_adapter", "coop", "cocoop", "--coop-epochs", "2",
             "--cocoop-epochs", "1", "--cocoop-batch-size", "4", "--base-to-new",
             "--output", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]
-    assert fewshot.main(argv) == 0
+    assert cli.main(argv) == 0
     rows = {r["method"]: r for r in read_rows(out / "results.csv")}
     assert set(rows) == {"zeroshot", "tip_adapter", "coop", "cocoop"}
     for m in ("zeroshot", "coop", "cocoop"):
         b, n = float(rows[m]["base_top1"]), float(rows[m]["new_top1"])
         assert float(rows[m]["H"]) == pytest.approx(2 * b * n / (b + n) if b + n else 0, abs=1e-3)
-        assert float(rows[m]["new_top5"]) == 100.0          # 2 new classes
+        assert b <= float(rows[m]["base_top5"]) and n <= float(rows[m]["new_top5"])
+    # base: classes 0-1 among themselves; new: classes 2-3 among themselves
+    cache = str(tmp_path / "cache")
+    assert float(rows["zeroshot"]["base_top1"]) == pytest.approx(
+        zero_shot_top1(colours, tiny_model, cache, np.array([0, 1])), abs=1e-4)
+    assert float(rows["zeroshot"]["new_top1"]) == pytest.approx(
+        zero_shot_top1(colours, tiny_model, cache, np.array([2, 3])), abs=1e-4)
     assert rows["tip_adapter"]["new_top1"] == "nan"
     assert is_png(out / "accuracy.png")
 
 
 def test_cli_reports_a_bad_folder_or_model(tmp_path, capsys):
-    code = fewshot.main(["--data", str(tmp_path / "nope"), "--model", "x.pkl"])
+    code = cli.main(["--data", str(tmp_path / "nope"), "--model", "x.pkl"])
     assert code == 2
     assert "no such folder" in capsys.readouterr().err
     (tmp_path / "data" / "cat").mkdir(parents=True)
     for i in range(2):
         Image.new("RGB", (8, 8)).save(tmp_path / "data" / "cat" / f"{i}.png")
-    assert fewshot.main(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "x.pkl")]) == 2
+    assert cli.main(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "x.pkl")]) == 2
     assert "not a model name" in capsys.readouterr().err
 
 

@@ -1,14 +1,17 @@
 """Few-shot heads: arithmetic against independent PyTorch code, learning on
 generated clustered features, bad input, save/load."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
 import jclip  # noqa: F401  (jclip before jittor, always)
-from jclip.heads import (InMaP, LinearProbe, LPPlusPlus, TipAdapter, TipAdapterF,
-                         ZeroShot, combine, l2_normalize, learn_proxies,
+from jclip.heads import (HEADS, InMaP, LinearProbe, LPPlusPlus, TipAdapter, TipAdapterF,
+                         ZeroShot, combine, l2_normalize, learn_proxies, load_head,
                          lpp_init_alpha, lpp_init_weights, lpp_lr_alpha, lpp_lr_w,
                          proxy_step, sinkhorn, topk_ids)
+from jclip.metrics import accuracies, topk_accuracy
 
 
 
@@ -78,13 +81,13 @@ def small_problem(seed=0, n=24, c=4, d=16):
 def test_zero_shot_logits():
     rng, x, _, t = small_problem()
     want = 100 * torch.from_numpy(x) @ torch.from_numpy(t).T
-    np.testing.assert_allclose(ZeroShot(t).logits(x), want.numpy(), atol=1e-10)
+    np.testing.assert_allclose(ZeroShot(t).fit().logits(x), want.numpy(), atol=1e-10)
 
 
 def test_tip_adapter_logits_match_torch():
     rng, keys, labels, t = small_problem()
     x = unit(rng, 9, keys.shape[1])
-    head = TipAdapter(init_beta=5.5, init_alpha=1.7).fit(keys, labels, t)
+    head = TipAdapter(t, init_beta=5.5, init_alpha=1.7).fit(keys, labels)
     fx, K, T = map(torch.from_numpy, (x, keys, t))
     V = torch.nn.functional.one_hot(torch.from_numpy(labels), 4).double()
     want = 100.0 * fx @ T.T + 1.7 * (-(5.5 - 5.5 * (fx @ K.T))).exp() @ V
@@ -94,8 +97,8 @@ def test_tip_adapter_logits_match_torch():
 def test_tip_adapter_search_follows_official_grid_and_order():
     rng, keys, labels, t = small_problem(1)
     vx, vy = unit(rng, 30, keys.shape[1]), rng.integers(0, 4, 30)
-    head = TipAdapter(beta_scale=7, beta_steps=10, alpha_scale=3, alpha_steps=5)
-    head.fit(keys, labels, t, vx, vy)
+    head = TipAdapter(t, beta_scale=7, beta_steps=10, alpha_scale=3, alpha_steps=5)
+    head.fit(keys, labels, vx, vy)
     # brute force with the official loop: beta outer, alpha inner, strict >
     fx, K, T = map(torch.from_numpy, (vx, keys, t))
     V = torch.nn.functional.one_hot(torch.from_numpy(labels), 4).double()
@@ -106,15 +109,15 @@ def test_tip_adapter_search_follows_official_grid_and_order():
             acc = (lg.argmax(1).numpy() == vy).mean()
             if acc > best[0]:
                 best = (acc, beta, alpha)
-    assert (head.val_accuracy_, head.beta, head.alpha) == pytest.approx(best)
+    assert (head.val_accuracy_, head.beta_, head.alpha_) == pytest.approx(best)
 
 
 def test_tip_adapter_f_training_matches_torch_adamw():
     rng, keys, labels, t = small_problem(2, n=40, c=5)
     views = np.stack([l2_normalize(keys + 0.1 * rng.standard_normal(keys.shape))
                       for _ in range(2)])
-    head = TipAdapterF(epochs=3, batch_size=16, seed=7, init_beta=2.0, init_alpha=1.5)
-    head.fit(keys, labels, t, train_features=views)
+    head = TipAdapterF(t, epochs=3, batch_size=16, seed=7, init_beta=2.0, init_alpha=1.5)
+    head.fit(keys, labels, train_features=views)
     # the official loop, same batch order
     K = torch.nn.Parameter(torch.from_numpy(keys.copy()))
     opt = torch.optim.AdamW([K], lr=1e-3, eps=1e-4)
@@ -133,8 +136,8 @@ def test_tip_adapter_f_training_matches_torch_adamw():
             loss.backward()
             opt.step()
             sched.step()
-    np.testing.assert_allclose(head.keys, K.detach().numpy(), atol=1e-5)
-    assert not np.allclose(head.keys, keys)
+    np.testing.assert_allclose(head.keys_, K.detach().numpy(), atol=1e-5)
+    assert not np.allclose(head.keys_, keys)
 
 
 def test_lpp_initialisation_and_step_sizes_match_official_formulas():
@@ -158,8 +161,8 @@ def test_lpp_training_matches_official_torch_loop(accumulate):
     rng, x, y, t = small_problem(4, n=40, c=5, d=12)
     vx, vy = unit(rng, 20, 12), np.arange(20) % 5
     epochs = 25
-    head = LPPlusPlus(epochs=epochs, seed=3, accumulate_alpha_grad=accumulate)
-    head.fit(x, y, t, vx, vy)
+    head = LPPlusPlus(t, epochs=epochs, seed=3, accumulate_alpha_grad=accumulate)
+    head.fit(x, y, vx, vy)
     X, Y, T = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(t)
     W = torch.nn.Parameter(torch.from_numpy(lpp_init_weights(x, y, 5)))
     b = torch.nn.Parameter(torch.from_numpy(
@@ -182,7 +185,7 @@ def test_lpp_training_matches_official_torch_loop(accumulate):
             acc = (vl.argmax(1).numpy() == vy).mean()
         if acc >= best_acc:
             best_acc, best = acc, (W.detach().clone(), b.detach().clone(), a.detach().clone())
-    for mine, ref in zip((head.weight, head.bias, head.alpha), best):
+    for mine, ref in zip((head.weight_, head.bias_, head.alpha_), best):
         np.testing.assert_allclose(mine, ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -263,15 +266,20 @@ def test_inmap_snapshots_equal_shorter_runs():
     the official loop run for that many steps (lr halving included)."""
     rng = np.random.default_rng(3)
     x, t = unit(rng, 80, 12), unit(rng, 5, 12)
-    head = InMaP(iters=40).fit(x, t, snapshots=(10, 25, 40))
+    head = InMaP(t, iters=40, snapshots=(10, 25, 40)).fit(x)
     assert sorted(head.snapshots_) == [10, 25, 40]
     plabel = torch.from_numpy(sinkhorn(x @ t.T))
     for n in (10, 25):
         ref = official_image_opt(torch.from_numpy(x), torch.from_numpy(t).T, plabel, 10.0, n, 0.04, 0.6).T
         np.testing.assert_allclose(head.snapshots_[n], ref.numpy(), atol=1e-5)
-    np.testing.assert_array_equal(head.snapshots_[40], head.proxies)
+    np.testing.assert_array_equal(head.snapshots_[40], head.proxies_)
+    # logits at a snapshot: the proxies kept at that step, over tau_i
+    np.testing.assert_array_equal(head.logits(x, at_iter=25), (x @ head.snapshots_[25].T) / 0.04)
+    np.testing.assert_array_equal(head.logits(x, at_iter=40), head.logits(x))
+    with pytest.raises(ValueError, match="no proxies kept at step 30"):
+        head.logits(x, at_iter=30)
     with pytest.raises(ValueError, match="snapshots"):
-        InMaP(iters=5).fit(x, t, snapshots=(6,))
+        InMaP(t, iters=5, snapshots=(6,)).fit(x)
 
 
 def test_linear_probe_matches_sklearn_optimum():
@@ -279,8 +287,8 @@ def test_linear_probe_matches_sklearn_optimum():
     rng, x, y, _ = small_problem(8, n=60, c=3, d=8)
     head = LinearProbe(Cs=[3.0], gtol=1e-8).fit(x, y)
     ref = LogisticRegression(C=3.0, tol=1e-10, max_iter=10000).fit(x, y)
-    np.testing.assert_allclose(head.weight, ref.coef_, atol=1e-3)
-    np.testing.assert_allclose(head.bias, ref.intercept_, atol=1e-3)
+    np.testing.assert_allclose(head.weight_, ref.coef_, atol=1e-3)
+    np.testing.assert_allclose(head.bias_, ref.intercept_, atol=1e-3)
 
 
 def test_combine_weighted_logits_and_probs():
@@ -311,7 +319,7 @@ def test_lpp_accuracy_grows_with_shots(seed):
     for shots in (1, 2, 4, 8, 16):
         sx, sy, _ = first_shots(x, y, shots)
         svx, svy, _ = first_shots(vx, vy, shots)
-        accs.append(accuracy(LPPlusPlus(seed=0).fit(sx, sy, task["text"], svx, svy), tx, ty))
+        accs.append(accuracy(LPPlusPlus(task["text"], seed=0).fit(sx, sy, svx, svy), tx, ty))
     assert all(b > a for a, b in zip(accs, accs[1:])), accs
     zero_shot = float(((tx @ task["text"].T).argmax(1) == ty).mean())
     assert accs[-1] > zero_shot + 0.2
@@ -324,10 +332,10 @@ def test_tip_adapter_beats_zero_shot_and_f_beats_tip(seed):
     sx, sy, idx = first_shots(x, y, 8)
     svx, svy, _ = first_shots(vx, vy, 8)
     grid = dict(alpha_scale=10, beta_scale=10, init_alpha=3.0)
-    zero_shot = accuracy(ZeroShot(task["text"]), tx, ty)
-    tip = accuracy(TipAdapter(**grid).fit(sx, sy, task["text"], svx, svy), tx, ty)
-    tip_f = accuracy(TipAdapterF(seed=0, **grid).fit(
-        sx, sy, task["text"], svx, svy, train_features=task["views"][:, idx]), tx, ty)
+    zero_shot = accuracy(ZeroShot(task["text"]).fit(), tx, ty)
+    tip = accuracy(TipAdapter(task["text"], **grid).fit(sx, sy, svx, svy), tx, ty)
+    tip_f = accuracy(TipAdapterF(task["text"], seed=0, **grid).fit(
+        sx, sy, svx, svy, train_features=task["views"][:, idx]), tx, ty)
     assert zero_shot + 0.1 < tip <= tip_f, (zero_shot, tip, tip_f)
 
 
@@ -339,7 +347,7 @@ def test_inmap_beats_its_text_proxies(seed):
     tx = tx.astype(np.float32)
     text = task["text"].astype(np.float32)
     zero_shot = float(((tx @ text.T).argmax(1) == ty).mean())
-    acc = accuracy(InMaP().fit(tx, text), tx, ty)
+    acc = accuracy(InMaP(text).fit(tx), tx, ty)
     assert acc > zero_shot + 0.05, (zero_shot, acc)
 
 
@@ -347,24 +355,24 @@ def test_linear_probe_learns_and_picks_c_on_validation():
     task = make_task(0)
     (x, y), (vx, vy), (tx, ty) = task["train"], task["val"], task["test"]
     head = LinearProbe(Cs=(0.1, 10.0, 1000.0)).fit(x, y, vx, vy)
-    assert head.C in (0.1, 10.0, 1000.0)
-    assert head.val_scores_[head.C] == max(head.val_scores_.values())
-    assert accuracy(head, tx, ty) > accuracy(ZeroShot(task["text"]), tx, ty) + 0.2
+    assert head.C_ in (0.1, 10.0, 1000.0)
+    assert head.val_scores_[head.C_] == max(head.val_scores_.values())
+    assert accuracy(head, tx, ty) > accuracy(ZeroShot(task["text"]).fit(), tx, ty) + 0.2
 
 
 def test_same_seed_same_numbers():
     task = make_task(1)
     (x, y), (vx, vy) = task["train"], task["val"]
     sx, sy, idx = first_shots(x, y, 4)
-    runs = [TipAdapterF(seed=5, epochs=3).fit(sx, sy, task["text"], vx, vy,
-                                               train_features=task["views"][:, idx])
+    runs = [TipAdapterF(task["text"], seed=5, epochs=3).fit(sx, sy, vx, vy,
+                                                         train_features=task["views"][:, idx])
             for _ in range(2)]
-    np.testing.assert_array_equal(runs[0].keys, runs[1].keys)
-    runs = [LPPlusPlus(seed=5, epochs=20).fit(sx, sy, task["text"], vx, vy) for _ in range(2)]
-    np.testing.assert_array_equal(runs[0].weight, runs[1].weight)
+    np.testing.assert_array_equal(runs[0].keys_, runs[1].keys_)
+    runs = [LPPlusPlus(task["text"], seed=5, epochs=20).fit(sx, sy, vx, vy) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].weight_, runs[1].weight_)
     tx = task["test"][0]
-    runs = [InMaP(iters=50).fit(tx, task["text"]) for _ in range(2)]
-    np.testing.assert_array_equal(runs[0].proxies, runs[1].proxies)
+    runs = [InMaP(task["text"], iters=50).fit(tx) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].proxies_, runs[1].proxies_)
 
 
 # ---------------------------------------------------------------- save / load
@@ -373,13 +381,24 @@ def fitted_heads():
     rng, x, y, t = small_problem(11, n=40, c=4, d=16)
     vx, vy = unit(rng, 20, 16), np.arange(20) % 4
     return x, [
-        ZeroShot(t),
+        ZeroShot(t).fit(),
         LinearProbe(Cs=[1.0]).fit(x, y),
-        TipAdapter(beta_steps=5, alpha_steps=5).fit(x, y, t, vx, vy),
-        TipAdapterF(epochs=2, beta_steps=5, alpha_steps=5).fit(x, y, t, vx, vy),
-        LPPlusPlus(epochs=20).fit(x, y, t, vx, vy),
-        InMaP(iters=20).fit(x, t),
+        TipAdapter(t, beta_steps=5, alpha_steps=5).fit(x, y, vx, vy),
+        TipAdapterF(t, epochs=2, beta_steps=5, alpha_steps=5).fit(x, y, vx, vy),
+        LPPlusPlus(t, epochs=20).fit(x, y, vx, vy),
+        InMaP(t, iters=20, snapshots=(5, 12)).fit(x),
     ]
+
+
+def same_params(a, b):
+    pa, pb = a.get_params(), b.get_params()
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        if isinstance(pa[k], np.ndarray) or isinstance(pb[k], np.ndarray):
+            np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+        else:       # sequences come back as tuples
+            norm = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)
+            assert norm(pa[k]) == norm(pb[k]), k
 
 
 def test_save_load_round_trip(tmp_path):
@@ -390,13 +409,126 @@ def test_save_load_round_trip(tmp_path):
         fresh = type(head)().load(path)
         np.testing.assert_array_equal(fresh.logits(x), head.logits(x))
         np.testing.assert_array_equal(fresh.predict_topk(x, 3), head.predict_topk(x, 3))
+        same_params(fresh, head)
+        loaded = load_head(path)               # the class is read from the file
+        assert type(loaded) is type(head)
+        np.testing.assert_array_equal(loaded.logits(x), head.logits(x))
         assert sorted(p.name for p in tmp_path.iterdir()) == \
             sorted(f"head{j}.npz" for j in range(i + 1))  # no temp files left
+    inmap = InMaP().load(tmp_path / "head5.npz")
+    np.testing.assert_array_equal(inmap.logits(x, at_iter=5), heads[5].logits(x, at_iter=5))
+    assert LPPlusPlus().load(tmp_path / "head4.npz").val_accuracy_ == heads[4].val_accuracy_
+
+
+def test_load_refuses_old_foreign_and_mismatched_files(tmp_path):
+    x, heads = fitted_heads()
+    lpp = heads[4]
+    # the layout LPPlusPlus.save wrote before the estimator API
+    old = tmp_path / "old_lpp.npz"
+    np.savez(old, weight=lpp.weight_, bias=lpp.bias_, alpha=lpp.alpha_, text_weights=lpp.text_weights_)
+    with pytest.raises(ValueError, match=r"old_lpp\.npz: not a jclip head file.*retrained"):
+        LPPlusPlus().load(old)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match=r"junk\.npz: not a jclip head file"):
+        LPPlusPlus().load(junk)
+    lpp.save(tmp_path / "lpp.npz")
+    with pytest.raises(ValueError, match=r"lpp\.npz: holds a LPPlusPlus head, not a TipAdapter"):
+        TipAdapter().load(tmp_path / "lpp.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        LPPlusPlus().load(tmp_path / "missing.npz")
+    # another format version
+    with np.load(tmp_path / "lpp.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    arrays["__meta__"] = np.array(json.dumps(dict(meta, version=1)))
+    np.savez(tmp_path / "v1.npz", **arrays)
+    with pytest.raises(ValueError, match=r"v1\.npz: head file format version 1"):
+        load_head(tmp_path / "v1.npz")
 
 
 def test_unfitted_head_says_so():
     with pytest.raises(RuntimeError, match="not fitted"):
         LPPlusPlus().logits(np.eye(3))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ZeroShot(np.eye(3)).save("never.npz")
+
+
+# ---------------------------------------------------------------- estimator API
+
+NUMPY_HEADS = [name for name, spec in HEADS.items() if not spec.needs_model]
+
+
+@pytest.mark.parametrize("name", NUMPY_HEADS)
+def test_constructor_stores_params_unchanged_and_fit_validates(name):
+    spec = HEADS[name]
+    defaults = spec.defaults()
+    assert set(defaults) == set(spec.param_names())      # every default in the signature
+    assert ("text_weights" in defaults) == spec.needs_text
+    # odd values are stored as given (no conversion, no checks) ...
+    odd = {k: ("bad" if k != "text_weights" else [[2.0]]) for k in defaults}
+    head = spec.cls(**odd)
+    assert all(head.get_params()[k] is v for k, v in odd.items())
+    # ... and refused by fit, naming the hyper-parameter
+    _, x, y, t = small_problem(14, n=20, c=4, d=8)
+    with pytest.raises(ValueError):
+        head.fit(x, y)
+    good = spec.cls(**({"text_weights": t} if spec.needs_text else {}), **spec.no_val_params)
+    assert good.fit(x, y) is good
+    fitted = [k for k in vars(good) if k not in defaults]
+    assert fitted and all(k.endswith("_") for k in fitted), fitted
+    assert good.set_params(seed=3).get_params()["seed"] == 3 if "seed" in defaults else True
+    with pytest.raises(ValueError, match="no hyper-parameter 'nope'"):
+        good.set_params(nope=1)
+    assert spec.cls.__name__ in repr(good)
+
+
+def test_hyper_parameter_errors_name_the_parameter():
+    _, x, y, t = small_problem(15, n=20, c=4, d=8)
+    with pytest.raises(ValueError, match="epochs must be an integer"):
+        LPPlusPlus(t, epochs=2.5).fit(x, y)
+    with pytest.raises(ValueError, match="tau_i must be > 0"):
+        InMaP(t, tau_i=0).fit(x)
+    with pytest.raises(ValueError, match="needs text_weights"):
+        TipAdapter().fit(x, y)
+    with pytest.raises(ValueError, match="needs labels"):
+        LinearProbe(Cs=[1.0]).fit(x)
+
+
+def test_inmap_ignores_labels_and_zero_shot_checks_width():
+    _, x, y, t = small_problem(16, n=30, c=3, d=8)
+    np.testing.assert_array_equal(InMaP(t, iters=10).fit(x, y).logits(x),
+                                  InMaP(t, iters=10).fit(x).logits(x))
+    with pytest.raises(ValueError, match="dimension 5, expected 8"):
+        ZeroShot(t).fit(x[:, :5])
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_topk_accuracy_matches_a_brute_force_count():
+    rng = np.random.default_rng(17)
+    logits = rng.standard_normal((200, 12))
+    labels = rng.integers(0, 12, 200)
+    order = np.argsort(-logits, axis=1, kind="stable")
+    for k in (1, 3, 5):
+        want = np.mean([labels[i] in order[i, :k] for i in range(200)])
+        assert topk_accuracy(logits, labels, k) == want
+        assert topk_accuracy(topk_ids(logits, k), labels, k) == want    # ranked ids
+        assert 0.0 < want < 1.0                                         # a real test
+    # rank 5 counts for top-5, rank 6 does not
+    row = np.arange(12, 0, -1, dtype=float)[None]
+    assert topk_accuracy(row, np.array([4]), 5) == 1.0
+    assert topk_accuracy(row, np.array([5]), 5) == 0.0
+    # ties go to the lower id, as argmax
+    assert topk_accuracy(np.zeros((1, 4)), np.array([0]), 1) == 1.0
+    assert topk_accuracy(np.zeros((1, 4)), np.array([1]), 1) == 0.0
+    acc = accuracies(logits, labels, percent=True, ndigits=2)
+    assert acc["n"] == 200 and acc["top1"] == round(100 * topk_accuracy(logits, labels), 2)
+    assert accuracies(logits[:0], labels[:0]) == {"n": 0, "top1": None, "top5": None}
+    with pytest.raises(ValueError, match="at least 5 ranked ids"):
+        topk_accuracy(topk_ids(logits, 3), labels, 5)
+    with pytest.raises(ValueError, match="labels must be 1-D of length 200"):
+        topk_accuracy(logits, labels[:5], 1)
 
 
 # ---------------------------------------------------------------- bad input
@@ -413,34 +545,30 @@ def with_nan(x):
 
 
 @pytest.mark.parametrize("make", [
-    lambda x, y, t: LPPlusPlus(epochs=2).fit(x, y, t),
-    lambda x, y, t: TipAdapter().fit(x, y, t),
-    lambda x, y, t: TipAdapterF(epochs=1).fit(x, y, t),
-    lambda x, y, t: LinearProbe(Cs=[1.0]).fit(x, y),
+    lambda t: LPPlusPlus(t, epochs=2),
+    lambda t: TipAdapter(t),
+    lambda t: TipAdapterF(t, epochs=1),
+    lambda t: LinearProbe(Cs=[1.0], num_classes=4),
 ])
 def test_bad_training_input(problem, make):
     _, x, y, t = problem
     with pytest.raises(ValueError, match="NaN"):
-        make(with_nan(x), y, t)
+        make(t).fit(with_nan(x), y)
     with pytest.raises(ValueError, match="dimension|2-D"):
-        make(x[:, :5], y, t) if not isinstance(make(x, y, t), LinearProbe) \
-            else make(x[:, :, None], y, t)
+        make(t).fit(x[:, :5] if not isinstance(make(t), LinearProbe) else x[:, :, None], y)
     with pytest.raises(ValueError, match="normalised"):
-        make(2 * x, y, t)
-    no_shots = np.where(y == 2, 1, y)
+        make(t).fit(2 * x, y)
     with pytest.raises(ValueError, match="no shots"):
-        make(x, no_shots, t) if not isinstance(make(x, y, t), LinearProbe) \
-            else LinearProbe(Cs=[1.0], num_classes=4).fit(x, no_shots)
+        make(t).fit(x, np.where(y == 2, 1, y))
     with pytest.raises(ValueError, match="out of range"):
-        make(x, np.where(y == 3, 9, y), t) if not isinstance(make(x, y, t), LinearProbe) \
-            else LinearProbe(Cs=[1.0], num_classes=4).fit(x, np.where(y == 3, 9, y))
+        make(t).fit(x, np.where(y == 3, 9, y))
     with pytest.raises(ValueError, match="labels"):
-        make(x, y[:-1], t)
+        make(t).fit(x, y[:-1])
 
 
 def test_bad_inference_and_text_input(problem):
     _, x, y, t = problem
-    head = LPPlusPlus(epochs=2).fit(x, y, t)
+    head = LPPlusPlus(t, epochs=2).fit(x, y)
     with pytest.raises(ValueError, match="dimension 5, expected 8"):
         head.logits(x[:, :5])
     with pytest.raises(ValueError, match="NaN"):
@@ -448,13 +576,13 @@ def test_bad_inference_and_text_input(problem):
     with pytest.raises(ValueError, match="k must be"):
         head.predict_topk(x, k=9)
     with pytest.raises(ValueError, match="text_weights"):
-        InMaP(iters=2).fit(x, with_nan(t))
+        InMaP(with_nan(t), iters=2).fit(x)
     with pytest.raises(ValueError, match="dimension"):
-        InMaP(iters=2).fit(x, l2_normalize(t[:, :5]))
+        InMaP(l2_normalize(t[:, :5]), iters=2).fit(x)
     with pytest.raises(ValueError, match="val_labels out of range"):
-        TipAdapter().fit(x, y, t, x, np.full(len(y), 7))
+        TipAdapter(t).fit(x, y, x, np.full(len(y), 7))
     with pytest.raises(ValueError, match="both val"):
-        LPPlusPlus(epochs=2).fit(x, y, t, val_features=x)
+        LPPlusPlus(t, epochs=2).fit(x, y, val_features=x)
     with pytest.raises(ValueError, match="class_prior"):
         sinkhorn(x @ t.T, class_prior=[1.0, 2.0])
     with pytest.raises(ValueError, match="one shape"):

@@ -6,7 +6,8 @@ import torch
 
 import jclip
 from jclip.models.clip import build_model
-from jclip.heads.prompt_learning import CoCoOp, CoOp, cosine_lr, load_prompt_learner
+from jclip.heads import HEADS, load_head
+from jclip.heads.coop import CoCoOp, CoOp, cosine_lr, load_prompt_learner
 from jclip.models.tokenizer import get_tokenizer, tokenize
 from reference import build_reference
 
@@ -71,12 +72,12 @@ def image_batch(n, d, seed=0):
     ("front", False, None), ("end", True, None), ("middle", True, "a photo of a")])
 def test_coop_gradients_match_torch(pair, position, class_specific, ctx_init):
     ref, model = pair
-    learner = CoOp(model, NAMES, n_ctx=4, ctx_init=ctx_init, class_specific=class_specific,
-                   position=position, seed=1)
     x, y = image_batch(5, 32)
+    learner = CoOp(model, NAMES, n_ctx=4, ctx_init=ctx_init, class_specific=class_specific,
+                   position=position, seed=1, epochs=0).fit(x, y)     # the initial prompts
     loss, grads, logits = learner.loss_and_grads(x, y)
 
-    ctx = torch.tensor(learner.params["ctx"] if class_specific else learner.params["ctx"][0],
+    ctx = torch.tensor(learner.params_["ctx"] if class_specific else learner.params_["ctx"][0],
                        requires_grad=True)
     prompts, eot = torch_prompts(ref, ctx, NAMES, 4, position)
     text = torch_text(ref, prompts, eot)
@@ -91,11 +92,11 @@ def test_coop_gradients_match_torch(pair, position, class_specific, ctx_init):
 
 def test_cocoop_gradients_match_torch(pair):
     ref, model = pair
-    learner = CoCoOp(model, NAMES, seed=2)
     x, y = image_batch(4, 32, seed=1)
+    learner = CoCoOp(model, NAMES, seed=2, epochs=0).fit(x, y)
     loss, grads, logits = learner.loss_and_grads(x, y)
 
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in learner.params.items()}
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in learner.params_.items()}
     xt = torch.from_numpy(x)
     hidden = torch.relu(xt @ p["meta_net.linear1.weight"].t() + p["meta_net.linear1.bias"])
     bias = hidden @ p["meta_net.linear2.weight"].t() + p["meta_net.linear2.bias"]
@@ -116,8 +117,8 @@ def test_chunked_step_equals_one_pass(pair, cls):
     """Two-pass chunking (bounded memory) gives the one-pass loss and gradients."""
     _, model = pair
     x, y = image_batch(3, 32, seed=4)
-    whole = cls(model, NAMES, seed=5).loss_and_grads(x, y)
-    chunked_learner = cls(model, NAMES, seed=5, chunk_size=2)
+    whole = cls(model, NAMES, seed=5, epochs=0).fit(x, y).loss_and_grads(x, y)
+    chunked_learner = cls(model, NAMES, seed=5, chunk_size=2, epochs=0).fit(x, y)
     assert len(chunked_learner._blocks(3, len(NAMES))) > 1
     chunked = chunked_learner.loss_and_grads(x, y)
     assert abs(whole[0] - chunked[0]) < 1e-5
@@ -153,51 +154,74 @@ def test_training_lowers_loss_and_only_learner_changes(pair, cls, kw, gain):
     _, model = pair
     before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     x, y = separable(model, NAMES, 4, seed=6)
-    learner = cls(model, NAMES, seed=0, **kw)
-    start = {k: v.copy() for k, v in learner.params.items()}
-    zero = (learner.logits(x).argmax(1) == y).mean()
-    learner.fit(x, y, epochs=12, batch_size=4, lr=0.05, progress=False)
+    start = cls(model, NAMES, seed=0, epochs=0, **kw).fit(x, y)
+    zero = (start.logits(x).argmax(1) == y).mean()
+    learner = cls(model, NAMES, seed=0, epochs=12, batch_size=4, lr=0.05, **kw).fit(x, y)
     losses = [h[1] for h in learner.history_]
     assert losses[-1] < 0.8 * losses[0], losses
     if gain is not None:
         assert (learner.logits(x).argmax(1) == y).mean() >= zero + gain
-    assert all(not np.array_equal(start[k], learner.params[k]) for k in start)
+    assert all(not np.array_equal(start.params_[k], learner.params_[k]) for k in start.params_)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), before[k], err_msg=f"CLIP weight {k} changed")
 
 
 def test_save_load_round_trip_and_backbone_check(pair, tmp_path):
     ref, model = pair
-    learner = CoCoOp(model, NAMES, seed=3)
-    learner.params["ctx"] += 0.1
+    x, y = image_batch(6, 32)
+    learner = CoCoOp(model, NAMES, seed=3, epochs=1, batch_size=3, lr=0.05).fit(x, y)
+    learner.params_["ctx"] += 0.1
     path = learner.save(tmp_path / "cocoop.npz")
     assert (tmp_path / "cocoop.npz").stat().st_size < 200_000
-    back = load_prompt_learner(path, model)
-    x, _ = image_batch(2, 32)
-    np.testing.assert_allclose(back.logits(x), learner.logits(x), atol=1e-5)
-    new = ["cat", "tabby cat", "owl"]      # shared context transfers to new classes
-    np.testing.assert_allclose(back.logits(x, new), learner.logits(x, new), atol=1e-5)
+    for back in (load_prompt_learner(path, model), CoCoOp(model, None).load(path),
+                 load_head(path, model=model)):
+        assert type(back) is CoCoOp and back.class_names_ == NAMES
+        assert back.get_params()["lr"] == 0.05 and back.history_ == learner.history_
+        np.testing.assert_array_equal(back.logits(x), learner.logits(x))
+        new = ["cat", "tabby cat", "owl"]      # shared context transfers to new classes
+        np.testing.assert_array_equal(back.logits(x, new), learner.logits(x, new))
 
     _, other_state = build_reference("tiny-vit", seed=4)
+    other = build_model(other_state)
     with pytest.raises(ValueError, match="learned on"):
-        load_prompt_learner(path, build_model(other_state))
+        load_prompt_learner(path, other)
+    assert load_prompt_learner(path, other, check_backbone=False).class_names_ == NAMES
+    with pytest.raises(ValueError, match="holds a CoCoOp head, not a CoOp"):
+        CoOp(model, None).load(path)
     (tmp_path / "junk.npz").write_bytes(b"not a file")
-    with pytest.raises(ValueError, match="not a saved prompt learner"):
+    with pytest.raises(ValueError, match=r"junk\.npz: not a jclip head file"):
         load_prompt_learner(tmp_path / "junk.npz", model)
 
 
 def test_class_specific_context_refuses_new_classes(pair):
     _, model = pair
-    learner = CoOp(model, NAMES, class_specific=True)
-    assert learner.params["ctx"].shape == (3, 4, 64)
+    learner = CoOp(model, NAMES, class_specific=True, epochs=0).fit(*image_batch(3, 32))
+    assert learner.params_["ctx"].shape == (3, 4, 64)
     with pytest.raises(ValueError, match="training classes"):
         learner.logits(np.eye(32, dtype=np.float32)[:2], ["cat", "owl", "bee"])
 
 
 def test_bad_inputs(pair):
     _, model = pair
+    x = np.eye(32, dtype=np.float32)[:2]
+    learner = CoOp(model, NAMES, position="left")      # stored as given, checked by fit
+    assert learner.get_params()["position"] == "left"
     with pytest.raises(ValueError, match="position"):
-        CoOp(model, NAMES, position="left")
-    learner = CoOp(model, NAMES)
+        learner.fit(x, [0, 1])
     with pytest.raises(ValueError, match="labels"):
-        learner.fit(np.eye(32, dtype=np.float32)[:2], [0, 7], epochs=1, progress=False)
+        CoOp(model, NAMES, epochs=1).fit(x, [0, 7])
+    with pytest.raises(ValueError, match="dimension 5, expected 32"):
+        CoOp(model, NAMES, epochs=1).fit(x[:, :5], [0, 1])
+    with pytest.raises(ValueError, match="no class-specific context"):
+        CoCoOp(model, NAMES, class_specific=True).fit(x, [0, 1])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        CoOp(model, NAMES).logits(x)
+
+
+def test_registry_knows_the_prompt_learners_and_their_defaults():
+    assert HEADS["coop"].cls is CoOp and HEADS["cocoop"].cls is CoCoOp
+    assert HEADS["coop"].needs_model and HEADS["cocoop"].transfers
+    # the official configs: CoOp 50 epochs / batch 32, CoCoOp 10 epochs / batch 1
+    assert (HEADS["coop"].defaults()["epochs"], HEADS["coop"].defaults()["batch_size"]) == (50, 32)
+    assert (HEADS["cocoop"].defaults()["epochs"], HEADS["cocoop"].defaults()["batch_size"]) == (10, 1)
+    assert set(HEADS["cocoop"].param_names()) == set(HEADS["coop"].param_names())

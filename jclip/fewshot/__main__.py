@@ -1,3 +1,6 @@
-from .study import main
+"""Few-shot studies on any image folder (python -m jclip.fewshot)."""
+import sys
 
-main()
+from .cli import main
+
+sys.exit(main())

@@ -305,7 +305,7 @@ class CoOp(Head):
             jt.gc()
         return loss, total, full
 
-    def fit(self, features: np.ndarray, labels: np.ndarray, val_features=None,
+    def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None, val_features=None,
             val_labels=None) -> "CoOp":
         """Train on (N, D) image features (normalised here) and their labels.
 

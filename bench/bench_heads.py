@@ -177,21 +177,21 @@ def main():
         print(f"{name}: jclip {t_ours:.2f}s, torch {t_theirs:.2f}s", flush=True)
 
     compare("LP++ fit (374 cls x 4 shots x 512, val 1,496, 300 epochs)",
-            lambda: LPPlusPlus(seed=0).fit(x, y, t, vx, vy),
+            lambda: LPPlusPlus(t, seed=0).fit(x, y, vx, vy),
             lambda: torch_lpp(x, y, t, vx, vy),
-            lambda a, b: f"max abs W diff {np.abs(a.weight - b[0].numpy()).max():.1e}")
+            lambda a, b: f"max abs W diff {np.abs(a.weight_ - b[0].numpy()).max():.1e}")
     compare("Tip-Adapter fit (cache 1,496, 200x20 grid on val 1,496)",
-            lambda: TipAdapter().fit(x, y, t, vx, vy),
+            lambda: TipAdapter(t).fit(x, y, vx, vy),
             lambda: torch_tip(x, y, t, vx, vy),
-            lambda a, b: f"beta/alpha {a.beta:.3f}/{a.alpha:.3f} vs {b[1]:.3f}/{b[2]:.3f}")
+            lambda a, b: f"beta/alpha {a.beta_:.3f}/{a.alpha_:.3f} vs {b[1]:.3f}/{b[2]:.3f}")
     compare("Tip-Adapter-F fit (20 epochs, batch 256, + grid search)",
-            lambda: TipAdapterF(seed=0).fit(x, y, t, vx, vy),
+            lambda: TipAdapterF(t, seed=0).fit(x, y, vx, vy),
             lambda: torch_tip_f(x, y, t, vx, vy),
             lambda a, b: f"val acc {a.val_accuracy_:.4f} vs {b[0]:.4f}")
     compare(f"InMaP fit (4,305 x 403 x 512, {args.inmap_iters} iters, Sinkhorn 20)",
-            lambda: InMaP(iters=args.inmap_iters).fit(tx, data["text_all"]),
+            lambda: InMaP(data["text_all"], iters=args.inmap_iters).fit(tx),
             lambda: torch_inmap(tx, data["text_all"], iters=args.inmap_iters),
-            lambda a, b: f"max abs proxy diff {np.abs(a.proxies - b.numpy()).max():.1e}")
+            lambda a, b: f"max abs proxy diff {np.abs(a.proxies_ - b.numpy()).max():.1e}")
 
     print(f"\nMachine: {platform.processor() or platform.machine()}, {threads} threads, "
           f"numpy {np.__version__}, torch {torch.__version__}; float32; best of {args.repeats}\n")

@@ -67,6 +67,7 @@ def test_fast_mode_learns_and_is_reproducible(data, tmp_path):
     assert os.path.getsize(tmp_path / "h.pkl") < 10_000
 
 
+@pytest.mark.slow
 def test_full_mode_learns_predicts_and_checks_pairing(data, tmp_path):
     out = str(tmp_path / "full.pkl")
     r = _train(data, "full", epochs=6, lr=2e-3, unfreeze=1, out=out)

@@ -106,7 +106,8 @@ class Imports:
                     self.edges[mod].append((target, node.lineno))
                     if sub in self.files:
                         aliases[a.asname or a.name] = sub
-                    if _is_private(a.name) and target != mod:
+                    if (_is_private(a.name) or any(_is_private(p) for p in base.split(".")[1:])) \
+                            and target != mod:
                         self.private.append(f"{where(node)}: from {base} import {a.name}")
         # attribute access `module._name` through a name bound to a jclip module
         for node in ast.walk(tree):
@@ -288,9 +289,12 @@ def test_checker_finds_private_imports(tmp_path):
                        "from . import util\n"
                        "import pkg.util as u\n"
                        "x = util._inner() + u._inner() + util.helper()\n"
-                       "def g():\n    from .util import _inner as i\n    return i\n")
+                       "def g():\n    from .util import _inner as i\n    return i\n"
+                       "from ._hidden import thing\n")
+    files["_hidden.py"] = "thing = 1\n"
     found = Imports(_package(tmp_path, files)).private
     assert sorted(found) == sorted(["pkg/bad.py:1: from pkg.util import _inner",
                                     "pkg/bad.py:4: pkg.util._inner",
                                     "pkg/bad.py:4: pkg.util._inner",
-                                    "pkg/bad.py:6: from pkg.util import _inner"])
+                                    "pkg/bad.py:6: from pkg.util import _inner",
+                                    "pkg/bad.py:8: from pkg._hidden import thing"])

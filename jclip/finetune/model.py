@@ -11,9 +11,9 @@ import numpy as np
 
 from ..io import sha256_file
 from ..models.convnext import ConvNeXtV2, load_convnextv2
+from ..models.registry import get_card
 from ..weights.checkpoint import CheckpointError, read_state_dict
 from .data import BACKBONE_CARD
-from ..models.registry import get_card
 
 
 def trainable_prefixes(unfreeze: int) -> Tuple[str, ...]:

@@ -232,6 +232,7 @@ def test_loader_reports_bad_files(tmp_path):
         seen += idx
         assert len(b) == len(idx)
     assert seen == [0, 1, 3, 4, 5]
+    assert list(jclip.data.images.iter_batches([], pre)) == []       # nothing to read: no batch, no error
 
 
 def test_onednn_layout_and_fallback(tmp_path, monkeypatch):

@@ -100,9 +100,13 @@ class Preprocess:
 
 
 def _bicubic_card(name: str):
+    """The card of ``name``, refused unless Preprocess can do its transform:
+    bicubic resize of the shortest side, then a centre crop."""
     card = get_card(name)
-    if card.interpolation != "bicubic":  # the only filter Preprocess/TrainTransform implement
-        raise ValueError(f"model {name!r}: interpolation {card.interpolation!r} is not supported")
+    resize_mode = getattr(card, "resize_mode", "shortest")   # open_clip cards may squash or pad
+    if card.interpolation != "bicubic" or resize_mode != "shortest":
+        raise ValueError(f"model {name!r}: {card.interpolation} resize of the {resize_mode} side "
+                         f"is not supported (only bicubic, shortest side)")
     return card
 
 

@@ -1,16 +1,24 @@
-"""CLIP in Jittor: OpenAI's architecture, state-dict compatible with its checkpoints.
+"""CLIP in Jittor: OpenAI's architecture and open_clip's transformer family,
+state-dict compatible with their checkpoints.
 
 Two image towers (VisionTransformer, ModifiedResNet) and the causal text
-transformer, with OpenAI's parameter names so a converted checkpoint loads
-without renaming.  ``build_model(state_dict)`` infers every size from the state
-dict, so any OpenAI checkpoint (RN50 ... RN50x64, ViT-B/32 ... ViT-L/14@336px)
-builds.  Everything runs batch-first in fp32.
+transformer, with OpenAI's parameter names (open_clip keeps them) so a
+converted checkpoint loads without renaming.  ``build_model(state_dict)``
+infers every size from an OpenAI state dict, so any OpenAI checkpoint (RN50 ...
+RN50x64, ViT-B/32 ... ViT-L/14@336px) builds; open_clip's weights need their
+architecture (GELU or QuickGELU, heads, pooling: ``models/open_clip.py``),
+which ``build_model`` takes from the model card named in the file's meta or
+from ``arch``.  Everything runs batch-first in fp32.
 """
 from collections import OrderedDict
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import jittor as jt
 from jittor import nn
+
+from .open_clip import ClipArch, build_kwargs, get_architecture
+from .registry import open_clip_card
 
 # Entries OpenAI's TorchScript archives carry that are not weights.
 # (open_clip-built archives also carry the derived causal `attn_mask` buffer.)
@@ -41,6 +49,16 @@ class QuickGELU(nn.Module):
         return x * jt.sigmoid(1.702 * x)
 
 
+class GELU(nn.Module):
+    """The exact (erf) GELU, torch.nn.GELU's default, which open_clip's non-quickgelu models use."""
+
+    def execute(self, x):
+        return 0.5 * x * (1.0 + jt.erf(x * (2.0 ** -0.5)))
+
+
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": GELU}
+
+
 def attention(q, k, v, mask=None):
     """Scaled dot-product attention on (B, heads, L, head_dim) tensors."""
     q = q * (q.shape[-1] ** -0.5)
@@ -68,13 +86,14 @@ class MultiheadAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, d_model, n_head):
+    def __init__(self, d_model, n_head, activation="quick_gelu", mlp_width=None):
+        mlp_width = mlp_width or d_model * 4
         self.attn = MultiheadAttention(d_model, n_head)
         self.ln_1 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", Linear(d_model, d_model * 4)),
-            ("gelu", QuickGELU()),
-            ("c_proj", Linear(d_model * 4, d_model)),
+            ("c_fc", Linear(d_model, mlp_width)),
+            ("gelu", ACTIVATIONS[activation]()),
+            ("c_proj", Linear(mlp_width, d_model)),
         ]))
         self.ln_2 = nn.LayerNorm(d_model)
 
@@ -84,9 +103,10 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width, layers, heads):
+    def __init__(self, width, layers, heads, activation="quick_gelu", mlp_width=None):
         self.width, self.layers = width, layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, activation, mlp_width)
+                                         for _ in range(layers)])
 
     def execute(self, x, mask=None):
         for block in self.resblocks:
@@ -95,15 +115,22 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim):
+    """ViT image tower.  OpenAI's is ``ln_pre=True, pool="tok"``; open_clip's
+    variants may drop ln_pre, average the patch tokens (``pool="avg"``) and
+    apply ln_post after pooling (``final_ln_after_pool``)."""
+
+    def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim,
+                 activation="quick_gelu", mlp_width=None, ln_pre=True, pool="tok",
+                 final_ln_after_pool=False):
         self.input_resolution, self.patch_size = input_resolution, patch_size
+        self.pool, self.final_ln_after_pool = pool, final_ln_after_pool
         grid = input_resolution // patch_size
         scale = width ** -0.5
         self.conv1 = nn.Conv2d(3, width, patch_size, stride=patch_size, bias=False)
         self.class_embedding = jt.randn((width,)) * scale
         self.positional_embedding = jt.randn((grid * grid + 1, width)) * scale
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.ln_pre = nn.LayerNorm(width) if ln_pre else None
+        self.transformer = Transformer(width, layers, heads, activation, mlp_width)
         self.ln_post = nn.LayerNorm(width)
         self.proj = jt.randn((width, output_dim)) * scale
 
@@ -121,8 +148,14 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)
         cls = self.class_embedding.reshape((1, 1, -1)).broadcast((x.shape[0], 1, x.shape[2]))
         x = jt.concat([cls, x], dim=1) + self.positional_embedding
-        x = self.transformer(self.ln_pre(x))
-        return jt.matmul(self.ln_post(x[:, 0, :]), self.proj)
+        x = self.transformer(x if self.ln_pre is None else self.ln_pre(x))
+        if self.pool == "tok":   # LayerNorm is per token: pooling first is exact
+            pooled = self.ln_post(x[:, 0, :])
+        elif self.final_ln_after_pool:
+            pooled = self.ln_post(x[:, 1:, :].mean(dim=1))
+        else:
+            pooled = self.ln_post(x[:, 1:, :]).mean(dim=1)
+        return jt.matmul(pooled, self.proj)
 
 
 class Bottleneck(nn.Module):
@@ -215,16 +248,32 @@ class ModifiedResNet(nn.Module):
 
 
 class CLIP(nn.Module):
+    """CLIP.  The first ten arguments are OpenAI's; the keyword ones default to
+    OpenAI's choices and take open_clip's (``open_clip.build_kwargs``):
+    ``vision_heads`` (default width / 64), ``activation`` "quick_gelu" or
+    "gelu", MLP widths (default 4 x width), ``ln_pre``, ``vision_pool`` "tok"
+    or "avg", ``final_ln_after_pool``, ``text_pool`` "argmax" (the EOT token)
+    or "last"."""
+
     def __init__(self, embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
-                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers):
+                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers,
+                 vision_heads=None, activation="quick_gelu", vision_mlp_width=None, text_mlp_width=None,
+                 ln_pre=True, vision_pool="tok", final_ln_after_pool=False, text_pool="argmax"):
+        if activation not in ACTIVATIONS or text_pool not in ("argmax", "last") or vision_pool not in ("tok", "avg"):
+            raise ValueError(f"unsupported CLIP options: activation={activation!r}, "
+                             f"text_pool={text_pool!r}, vision_pool={vision_pool!r}")
         if isinstance(vision_layers, (tuple, list)):
-            self.visual = ModifiedResNet(vision_layers, embed_dim, vision_width * 32 // 64,
+            self.visual = ModifiedResNet(vision_layers, embed_dim, vision_heads or vision_width * 32 // 64,
                                          image_resolution, vision_width)
         else:
             self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width,
-                                            vision_layers, vision_width // 64, embed_dim)
+                                            vision_layers, vision_heads or vision_width // 64, embed_dim,
+                                            activation, vision_mlp_width, ln_pre, vision_pool,
+                                            final_ln_after_pool)
         self.context_length = context_length
-        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads)
+        self.text_pool = text_pool
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads,
+                                       activation, text_mlp_width)
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = jt.randn((context_length, transformer_width)) * 0.01
         self.ln_final = nn.LayerNorm(transformer_width)
@@ -247,7 +296,10 @@ class CLIP(nn.Module):
         tokens = np.asarray(tokens.numpy() if isinstance(tokens, jt.Var) else tokens)
         if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
             raise ValueError(f"encode_text expects (N, <= {self.context_length}) token ids, got shape {tokens.shape}")
-        eot = tokens.argmax(axis=-1)  # <|endoftext|> has the largest id
+        if self.text_pool == "last":   # open_clip's pool_type "last": the final position
+            eot = np.full(len(tokens), tokens.shape[1] - 1)
+        else:
+            eot = tokens.argmax(axis=-1)  # <|endoftext|> has the largest id
         # The mask is causal, so positions after the last EOT never influence
         # the EOT features: cutting them is exact and saves most of the work.
         length = int(eot.max()) + 1
@@ -345,13 +397,39 @@ def load_weights(module, state_dict, source="state dict", ignore=()):
     return module
 
 
-def build_model(state_dict, source="state dict"):
-    """A CLIP in eval mode with ``state_dict``'s sizes and weights (fp32)."""
-    try:
-        config = model_config(state_dict)
-    except KeyError as e:
-        raise ValueError(f"{source}: {e.args[0]}") from None
+def architecture_for(meta: Optional[Mapping[str, Any]]) -> Optional[ClipArch]:
+    """The architecture of a weights file whose jclip meta names an open_clip
+    model ("ViT-B-32/laion2b_s34b_b79k"), else None (OpenAI's are inferred
+    from the state dict)."""
+    card = open_clip_card((meta or {}).get("model") or "")
+    return card.architecture if card is not None else None
+
+
+def build_model(state_dict, source="state dict", arch=None, meta=None):
+    """A CLIP in eval mode with ``state_dict``'s sizes and weights (fp32).
+
+    Parameters: ``state_dict`` name -> array (OpenAI's key names, which
+    open_clip keeps); ``source`` the file named in errors; ``arch`` a
+    ``ClipArch`` or an architecture name ("ViT-B-32"), needed for open_clip
+    weights (the state dict does not show GELU vs QuickGELU or the heads);
+    ``meta`` a jclip file's meta: an open_clip model named there gives the
+    architecture when ``arch`` is None.  Without either, the architecture is
+    inferred as OpenAI's.
+    Returns: the model; ValueError naming ``source`` when the state dict does
+    not fit.
+    """
+    if isinstance(arch, str):
+        arch = get_architecture(arch)
+    arch = arch or architecture_for(meta)
+    if arch is not None:
+        config = build_kwargs(arch)
+    else:
+        try:
+            config = model_config(state_dict)
+        except KeyError as e:
+            raise ValueError(f"{source}: {e.args[0]}") from None
     model = CLIP(**config)
     load_weights(model, state_dict, source, ignore=NON_WEIGHT_KEYS)
+    model.architecture = arch
     model.eval()
     return model

@@ -4,10 +4,11 @@ from typing import List, Optional, Tuple
 
 import jittor as jt
 
-from ..data.images import Preprocess
+from ..data.images import Preprocess, preprocess_for
 from ..weights.checkpoint import find_weights, read_state_dict
 from ..io import sha256_file
-from .registry import available as _registered, get_card
+from .registry import CARDS, available as _registered, get_card
+from .open_clip import unbuildable_reason
 from .clip import CLIP, build_model
 
 WEIGHTS_ENV = "JCLIP_WEIGHTS"
@@ -45,6 +46,9 @@ def resolve(name_or_path: str, weights: Optional[str] = None) -> str:
                 f"{path}: no converted weights for {name_or_path}; run "
                 f"`python convert.py --models {name_or_path}` (or set {WEIGHTS_ENV} to the folder holding them)")
         return path
+    reason = unbuildable_reason(name_or_path)   # an open_clip architecture jclip does not build
+    if reason:
+        raise ValueError(reason)
     raise FileNotFoundError(f"{name_or_path}: no such file, and not a model name "
                             f"(known: {', '.join(available_models())})")
 
@@ -82,11 +86,14 @@ def load(name_or_path: str, device: Optional[str] = None,
     path = resolve(name_or_path, weights)
     use_device(device)
     state_dict, meta = read_state_dict(path)
-    model = build_model(state_dict, source=path)
+    model = build_model(state_dict, source=path, meta=meta)   # meta: open_clip's architecture
     model.weights_path = path
     model.name = meta.get("model") or (name_or_path if name_or_path in available_models()
                                        else os.path.basename(path))
     model._weights_sha256 = meta.get("source_sha256")
+    card = CARDS.get(model.name)   # the card's preprocessing (open_clip tags have their own mean/std)
+    if card is not None and card.family == "clip":
+        return model, preprocess_for(card.name, model.input_resolution)
     return model, Preprocess(model.input_resolution)
 
 

@@ -291,3 +291,131 @@ def test_preprocessing_matches_open_clip_for_every_tag_config(photos):
             got = ours(img)
             assert got.shape == (3, size, size)
             assert np.abs(got - ref(img).numpy()).max() <= 1e-6, name
+
+
+# ------------------------------------------------------- hub downloads
+
+import http.server  # noqa: E402
+import hashlib  # noqa: E402
+import threading  # noqa: E402
+
+from jclip.weights import hub  # noqa: E402
+from jclip.weights.checkpoint import read_meta  # noqa: E402
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """A loopback Hugging Face hub: resolve URLs answer 302 to a CDN path with
+    the LFS SHA-256 in X-Linked-ETag (as huggingface.co does); the tree API
+    lists lfs.oid."""
+    files = {}     # "<repo>/<file>" -> (body, published etag or None)
+    tree = {}      # repo -> [entries]
+
+    def _resolve(self):
+        parts = self.path.lstrip("/").split("/resolve/main/")
+        return parts[0] + "/" + parts[1] if len(parts) == 2 else None
+
+    def do_HEAD(self, body=False):
+        if self.path.startswith("/cdn/"):
+            data = self.files[self.path[5:]][0]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("ETag", '"cdn-etag-not-a-sha"')
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+            return
+        if self.path.startswith("/api/models/"):
+            repo = self.path[len("/api/models/"):].rsplit("/tree/", 1)[0]
+            data = json.dumps(self.tree.get(repo, [])).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        key = self._resolve()
+        if key not in self.files:
+            self.send_error(404)
+            return
+        self.send_response(302)
+        self.send_header("Location", "/cdn/" + key)
+        if self.files[key][1]:
+            self.send_header("X-Linked-ETag", f'"{self.files[key][1]}"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):
+        self.do_HEAD(body=True)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    _Hub.files, _Hub.tree = {}, {}
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv(hub.ENDPOINT_ENV, f"http://127.0.0.1:{httpd.server_address[1]}")
+    yield _Hub
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def tiny_bin(tmp_path_factory):
+    cfg = scaled("ViT-B-32", image_size=64)
+    files = save_like_the_hub(build_open_clip(cfg), str(tmp_path_factory.mktemp("tiny")))
+    return open(files[0], "rb").read(), open(files[1], "rb").read()
+
+
+def test_convert_downloads_from_the_hub_and_checks_its_hash(tmp_path, fake_hub, tiny_bin):
+    from test_convert import run_convert
+    name = "ViT-B-32/laion2b_s34b_b79k"
+    repo = get_card(name).hub
+    data = tiny_bin[0]   # only the .bin on this hub: the safetensors name answers 404
+    sha = hashlib.sha256(data).hexdigest()
+    fake_hub.files[f"{repo}/open_clip_pytorch_model.bin"] = (data, sha)
+    src, out = tmp_path / "pretrained", tmp_path / "weights"
+    r = run_convert("--models", name, "--src", src, "--out-dir", out)
+    assert r.returncode == 0, r.stderr
+    got = src / "ViT-B-32-laion2b_s34b_b79k" / "open_clip_pytorch_model.bin"
+    assert got.read_bytes() == data
+    meta = read_meta(str(out / "ViT-B-32-laion2b_s34b_b79k.safetensors"))
+    assert meta["model"] == name and meta["source_sha256"] == sha
+    r = run_convert("--models", name, "--src", src, "--out-dir", out)
+    assert r.returncode == 0 and "up to date" in r.stdout
+
+
+@pytest.mark.parametrize("published", ["mismatch", "sha1-etag"])
+def test_hub_download_refused_without_the_published_hash(tmp_path, fake_hub, tiny_bin, published):
+    from test_convert import run_convert
+    name = "ViT-L-14/datacomp_xl_s13b_b90k"
+    repo = get_card(name).hub
+    etag = hashlib.sha256(b"other bytes").hexdigest() if published == "mismatch" else "a" * 40
+    fake_hub.files[f"{repo}/open_clip_model.safetensors"] = (tiny_bin[1], etag)
+    fake_hub.tree[repo] = [{"type": "file", "path": "open_clip_model.safetensors"}]   # no lfs entry
+    src, out = tmp_path / "pretrained", tmp_path / "weights"
+    r = run_convert("--models", name, "--src", src, "--out-dir", out)
+    assert r.returncode == 1
+    if published == "mismatch":
+        assert f"expected {etag}" in r.stderr
+    else:
+        assert "publishes no SHA-256" in r.stderr
+    left = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
+    assert left == [], left
+
+
+def test_hub_hash_from_the_tree_api(tmp_path, fake_hub, tiny_bin):
+    card = get_card("ViT-B-16/laion2b_s34b_b88k")
+    data = tiny_bin[1]
+    sha = hashlib.sha256(data).hexdigest()
+    fake_hub.files[f"{card.hub}/open_clip_model.safetensors"] = (data, None)   # no X-Linked-ETag
+    fake_hub.tree[card.hub] = [{"type": "file", "path": "open_clip_model.safetensors",
+                                "lfs": {"oid": sha, "size": len(data)}}]
+    path, got = hub.fetch(card, str(tmp_path), progress=False, log=lambda *a: None)
+    assert got == sha and open(path, "rb").read() == data
+    assert path.endswith(os.path.join("ViT-B-16-laion2b_s34b_b88k", "open_clip_model.safetensors"))
+    fake_hub.files.clear()
+    with pytest.raises(hub.dl.DownloadError, match="has none of"):
+        hub.fetch(dataclasses.replace(card, hub="nobody/nothing"), str(tmp_path), progress=False,
+                  log=lambda *a: None)

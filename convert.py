@@ -13,7 +13,8 @@ import os
 import sys
 
 from jclip.io import sha256_file
-from jclip.weights import download as dl
+from jclip.weights import download as dl, hub
+from jclip.models.registry import open_clip_card
 from jclip.weights.checkpoint import FORMATS, CheckpointError, convert_checkpoint, \
     format_for_path, is_up_to_date, read_meta, sniff_format
 
@@ -48,6 +49,9 @@ def convert_model(name, src_dir, out_dir, dtype, force=False,
     """Make out_dir/<weights> for a named model, fetching the original into
     src_dir first when it is missing.  The original is checked against the
     model card's published SHA-256 whatever URL it comes from."""
+    if open_clip_card(name) is not None:   # open_clip's: the hash is the hub's (weights/hub.py)
+        return hub.convert_model(name, src_dir, out_dir, dtype, force, allow_download, progress,
+                                 log, fmt, timeout, max_time)
     try:
         url, expected = dl.model_source(name)
     except KeyError:

@@ -125,3 +125,28 @@ def test_model_not_known_by_name_is_counted_from_its_file(tmp_path, monkeypatch)
     assert params["convnextv2_atto backbone (without its 321,000-parameter ImageNet head)"] == full - 321_000
     assert params["dog head (130-way, 320->130)"] == 321 * 130
     assert f"convnextv2_atto: {full:,} with its ImageNet head, from {path}" in notes
+
+
+def test_every_clip_card_is_counted_as_open_clip_builds_it():
+    # state-dict keys and shapes of open_clip's own model (built on torch's
+    # meta device: no memory) for every CLIP card, OpenAI's and open_clip's
+    torch = pytest.importorskip("torch")
+    open_clip = pytest.importorskip("open_clip")
+    from jclip.models.registry import CARDS
+    for name in budget.CLIP_ARCHS:
+        arch = CARDS[name].architecture.name
+        with torch.device("meta"):
+            ref = open_clip.model.CLIP(**open_clip.get_model_config(arch))
+        ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+        assert budget.clip_shapes(name) == ref_shapes, name
+        assert budget.count(budget.clip_shapes(name)) == sum(p.numel() for p in ref.parameters()), name
+    assert budget.count(budget.clip_shapes("ViT-B-32/laion2b_s34b_b79k")) == 151_277_313
+
+
+def test_open_clip_backbone_counted_by_name(tmp_path):
+    cfg = load_config(None, ["data.root=/nonexistent", "backbones.vit.model=ViT-B-16/datacomp_xl_s13b_b90k",
+                             f"backbones.vit.weights={tmp_path / 'missing.safetensors'}"])
+    rows, _, notes = budget.components(cfg)
+    params = dict(rows)
+    assert params["ViT-B-16/datacomp_xl_s13b_b90k image tower"] == 86_192_640
+    assert any(n.startswith("ViT-B-16/datacomp_xl_s13b_b90k: 149,620,737 from architecture") for n in notes)

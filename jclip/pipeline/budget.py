@@ -1,7 +1,8 @@
 """Parameter budget of the cascade, counted from the configuration.
 
-Counts come from state-dict shapes: for a known architecture (OpenAI CLIP
-names, ConvNeXt-V2-Base) the shapes are generated from its hyper-parameters,
+Counts come from state-dict shapes: for a known architecture (every CLIP
+card, OpenAI's and open_clip's, by its architecture facts; ConvNeXt-V2-Base)
+the shapes are generated from its hyper-parameters,
 so no weights are needed; otherwise (or with ``from_weights``) they are read
 from the weights file (torch-free reader).  Jittor is never imported.  A
 parameter is every state-dict tensor except BatchNorm running statistics,
@@ -22,16 +23,12 @@ import os
 from typing import Callable, Dict, List, Mapping, Tuple
 
 from ..data.lists import read_classes
+from ..models.registry import CARDS
 from .config import Config
 
-# OpenAI CLIP: (embed dim, vision, text); vision layers int = ViT, tuple = ResNet.
-TEXT_B = dict(width=512, layers=12, vocab=49408, context=77)
-CLIP_ARCHS = {
-    "RN50": (1024, dict(layers=(3, 4, 6, 3), width=64, resolution=224), TEXT_B),
-    "RN101": (512, dict(layers=(3, 4, 23, 3), width=64, resolution=224), TEXT_B),
-    "ViT-B/32": (512, dict(layers=12, width=768, patch=32, resolution=224), TEXT_B),
-    "ViT-B/16": (512, dict(layers=12, width=768, patch=16, resolution=224), TEXT_B),
-}
+# Every CLIP card, OpenAI's ("ViT-B/32") and open_clip's ("ViT-B-32/laion2b_s34b_b79k"):
+# its architecture's sizes are on the card (models/configs/architectures.json).
+CLIP_ARCHS = [n for n, c in CARDS.items() if c.family == "clip"]
 # ConvNeXt-V2 (depths, dims) of the model the configuration ships with (as
 # jclip.models.convnext.CONFIGS, which imports Jittor; tests keep them equal).
 # Other sizes are counted from their weights file.
@@ -48,15 +45,15 @@ CALLS_PER_INPUT = 1
 Shapes = Dict[str, Tuple[int, ...]]
 
 
-def _resblocks(prefix, width, layers):
+def _resblocks(prefix, width, layers, mlp):
     s = {}
     for i in range(layers):
         p = f"{prefix}.resblocks.{i}."
         s.update({p + "attn.in_proj_weight": (3 * width, width), p + "attn.in_proj_bias": (3 * width,),
                   p + "attn.out_proj.weight": (width, width), p + "attn.out_proj.bias": (width,),
                   p + "ln_1.weight": (width,), p + "ln_1.bias": (width,),
-                  p + "mlp.c_fc.weight": (4 * width, width), p + "mlp.c_fc.bias": (4 * width,),
-                  p + "mlp.c_proj.weight": (width, 4 * width), p + "mlp.c_proj.bias": (width,),
+                  p + "mlp.c_fc.weight": (mlp, width), p + "mlp.c_fc.bias": (mlp,),
+                  p + "mlp.c_proj.weight": (width, mlp), p + "mlp.c_proj.bias": (width,),
                   p + "ln_2.weight": (width,), p + "ln_2.bias": (width,)})
     return s
 
@@ -67,24 +64,27 @@ def _bn(name, c):
 
 
 def clip_shapes(name: str) -> Shapes:
-    """{key: shape} of an OpenAI CLIP checkpoint, from its hyper-parameters."""
+    """{key: shape} of a CLIP checkpoint (a CLIP card's name), from its
+    architecture on the card."""
     if name not in CLIP_ARCHS:
-        raise KeyError(f"unknown CLIP architecture {name!r} (known: {', '.join(CLIP_ARCHS)})")
-    embed, v, t = CLIP_ARCHS[name]
-    s, w = {}, v["width"]
-    if isinstance(v["layers"], int):
-        grid = v["resolution"] // v["patch"]
+        raise KeyError(f"unknown CLIP model {name!r} (known: {', '.join(CLIP_ARCHS)})")
+    arch = CARDS[name].architecture
+    embed, v, t = arch.embed_dim, arch.vision, arch.text
+    s, w = {}, v.width
+    if arch.is_vit:
+        grid, p = v.image_size // v.patch_size, v.patch_size
         s.update({"visual.class_embedding": (w,), "visual.positional_embedding": (grid * grid + 1, w),
-                  "visual.proj": (w, embed), "visual.conv1.weight": (w, 3, v["patch"], v["patch"]),
-                  "visual.ln_pre.weight": (w,), "visual.ln_pre.bias": (w,),
+                  "visual.proj": (w, embed), "visual.conv1.weight": (w, 3, p, p),
                   "visual.ln_post.weight": (w,), "visual.ln_post.bias": (w,)})
-        s.update(_resblocks("visual.transformer", w, v["layers"]))
+        if v.ln_pre:
+            s.update({"visual.ln_pre.weight": (w,), "visual.ln_pre.bias": (w,)})
+        s.update(_resblocks("visual.transformer", w, v.layers, v.mlp_width))
     else:
         for i, (cin, cout) in enumerate(((3, w // 2), (w // 2, w // 2), (w // 2, w)), 1):
             s[f"visual.conv{i}.weight"] = (cout, cin, 3, 3)
             s.update(_bn(f"visual.bn{i}", cout))
         inplanes = w
-        for li, (blocks, planes) in enumerate(zip(v["layers"], (w, 2 * w, 4 * w, 8 * w)), 1):
+        for li, (blocks, planes) in enumerate(zip(v.layers, (w, 2 * w, 4 * w, 8 * w)), 1):
             for b in range(blocks):
                 p = f"visual.layer{li}.{b}"
                 s.update({f"{p}.conv1.weight": (planes, inplanes, 1, 1),
@@ -97,18 +97,18 @@ def clip_shapes(name: str) -> Shapes:
                     s.update(_bn(f"{p}.downsample.1", planes * 4))
                 inplanes = planes * 4
         width = w * 32
-        sp = v["resolution"] // 32
+        sp = v.image_size // 32
         s["visual.attnpool.positional_embedding"] = (sp * sp + 1, width)
         for k in ("q", "k", "v"):
             s.update({f"visual.attnpool.{k}_proj.weight": (width, width),
                       f"visual.attnpool.{k}_proj.bias": (width,)})
         s.update({"visual.attnpool.c_proj.weight": (embed, width),
                   "visual.attnpool.c_proj.bias": (embed,)})
-    tw = t["width"]
-    s.update({"token_embedding.weight": (t["vocab"], tw), "positional_embedding": (t["context"], tw),
+    tw = t.width
+    s.update({"token_embedding.weight": (t.vocab_size, tw), "positional_embedding": (t.context_length, tw),
               "ln_final.weight": (tw,), "ln_final.bias": (tw,), "text_projection": (tw, embed),
               "logit_scale": ()})
-    s.update(_resblocks("transformer", tw, t["layers"]))
+    s.update(_resblocks("transformer", tw, t.layers, t.mlp_width))
     return s
 
 

@@ -419,3 +419,25 @@ def test_hub_hash_from_the_tree_api(tmp_path, fake_hub, tiny_bin):
     with pytest.raises(hub.dl.DownloadError, match="has none of"):
         hub.fetch(dataclasses.replace(card, hub="nobody/nothing"), str(tmp_path), progress=False,
                   log=lambda *a: None)
+
+
+def test_the_parity_check_catches_a_wrong_architecture():
+    # What the state dict does not show must come from the architecture: the
+    # same weights built with QuickGELU for GELU, or 20 heads for ViT-H's 16
+    # (head width 80), give other features.
+    from jclip.models.clip import build_model, normalize
+    cfg = scaled("ViT-H-14", image_size=56)
+    ref = build_open_clip(cfg)
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    images = np.random.default_rng(1).standard_normal((2, 3, 56, 56)).astype(np.float32)
+    tokens = jclip.tokenize(PROMPTS[:3])
+    theirs = reference_features(ref, images, tokens)
+    arch = oc.from_open_clip_config("ViT-H-14", cfg)
+    wrong = [dataclasses.replace(arch, activation="quick_gelu"),
+             dataclasses.replace(arch, vision=dataclasses.replace(arch.vision, heads=arch.vision.width // 64))]
+    for a, must_match in [(arch, True)] + [(w, False) for w in wrong]:
+        model = build_model(sd, arch=a)
+        img = normalize(model.encode_image(images)).numpy()
+        txt = normalize(model.encode_text(tokens)).numpy()
+        diff = max(np.abs(img - theirs[0]).max(), np.abs(txt - theirs[1]).max())
+        assert (diff <= 1e-4) == must_match, (a, diff)

@@ -1,28 +1,37 @@
 """The CLIP backbones of the pipeline: each loaded once, each image and each
 prompt encoded once, through the feature cache.
 
-``encode_backbones`` is what train.sh, test.sh and val.sh call: per backbone it
-loads the model, encodes every image of the given path groups (one cache file
-per group, so a group another command encoded before is read back), builds the
-class weights of each name list from the prompts, and frees the model before
-the next one.  An image that cannot be decoded gets a zero feature row (cached
-like any other, so a re-run knows it is bad without decoding it again) and one
+``encode_backbones`` is what train.sh, test.sh and val.sh call: it loads the
+backbones, encodes every image of the given path groups (one cache file per
+group and backbone, so a group another command encoded before is read back;
+backbones with one preprocessing decode each image once for all of them),
+builds the class weights of each name list from the prompts, and frees the
+models.  An image that cannot be decoded gets a zero feature row (cached like
+any other, so a re-run knows it is bad without decoding it again) and one
 warning, whichever backbone or command found it.
+
+Under mpirun (``jclip.distributed``) every rank runs the same calls: each
+encodes an equal contiguous shard of each list, cut at batch boundaries, and
+rank 0 gathers the rows, keeps the cache and gets the features; the result
+is byte-identical to one process.
 """
 import os
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import distributed
 from ..data.contest import ContestFormatError
 from ..progress import progress
 
 # a zero row marks an unreadable image (real features are unit length)
 READABLE_NORM = 0.5
+# prompts per text forward pass (encode_texts' default)
+TEXT_BATCH = 256
 
 
 @contextmanager
@@ -41,62 +50,132 @@ def load_backbone(spec, device: Optional[str]):
     return jclip.load(spec.weights, device=device)
 
 
-def encode_files(model, preprocess, paths: Sequence[str], spec, cfg, desc: str = "images",
-                 errors: Optional[Dict[str, str]] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Features of image files through the feature cache.
+@dataclass
+class Tower:
+    """A loaded CLIP backbone: its key, model, preprocessing, configuration
+    section and weights SHA-256."""
+    key: str
+    model: Any
+    preprocess: Any
+    spec: Any
+    sha256: str
 
-    Parameters: model, preprocess: a loaded backbone; paths: image files;
-    spec: its backbone section; cfg: the configuration (batch_size, workers,
-    cache_dir); desc: the progress bar's label; errors: collects
-    ``{path: message}`` of files that could not be decoded (not printed here).
-    Returns: (features (N, D) float32, readable (N,) bool); unreadable rows are zero.
-    """
+    @property
+    def dim(self) -> int:
+        return int(self.model.text_projection.shape[1])
+
+
+def _image_encoder(towers: Sequence[Tower], cfg, total: int, desc: str, errors: Dict[str, str]):
+    """(encode, close): encode(paths) -> (n, sum of widths) features of every
+    tower side by side, each image decoded once (the towers share a
+    preprocessing); unreadable rows stay zero and their messages go to
+    ``errors``.  The progress bar (rank 0 only) counts images."""
     from ..data.images import iter_batches
-    from ..features.cache import encode_images_cached
     from ..features.encode import encode_images
-    from ..models.load import weights_sha256
     bs = int(cfg.batch_size)
-    paths = list(paths)
-    dim = model.text_projection.shape[1]
     bar = None
 
-    def encoder(chunk):
+    def encode(chunk: List[str]) -> np.ndarray:
         nonlocal bar
         if bar is None:      # only when something is not in the cache
-            bar = progress(total=len(paths), desc=f"encoding {desc}", unit="img")
-        out = np.zeros((len(chunk), dim), np.float32)
-        for idx, batch, errs in iter_batches(chunk, preprocess, bs, cfg.workers):
+            mine = total if distributed.world_size() == 1 else len(chunk)
+            bar = progress(total=mine, desc=f"encoding {desc}" + (
+                f" ({distributed.where()})" if distributed.world_size() > 1 else ""),
+                unit="img", enabled=distributed.is_root())
+        out = np.zeros((len(chunk), sum(t.dim for t in towers)), np.float32)
+        for idx, batch, errs in iter_batches(chunk, towers[0].preprocess, bs, cfg.workers):
             if len(idx):
-                out[idx] = encode_images(model, batch, bs)
-            if errors is not None:
-                errors.update(errs)
+                out[idx] = np.concatenate([encode_images(t.model, batch, bs) for t in towers], axis=1)
+            errors.update(errs)
             bar.update(len(idx) + len(errs))
         return out
 
+    return encode, lambda: bar is not None and bar.close()
+
+
+def _cached_images(tower: Tower, paths: List[str], cfg, encoder: Callable) -> np.ndarray:
+    """Rank 0: ``tower``'s features of ``paths`` through the feature cache
+    (``encoder`` encodes what it lacks)."""
+    from ..features.cache import encode_images_cached
+    if not cfg.cache_dir:
+        return encoder(paths)
+    # chunks of several batches keep the loader's decode-ahead busy; under
+    # mpirun one chunk, so each rank takes one contiguous shard of the list
+    chunk = int(cfg.batch_size) * 8 if distributed.world_size() == 1 else max(1, len(paths))
+    return encode_images_cached(paths, encoder, tower.spec.model, tower.sha256, tower.preprocess.id,
+                                cfg.cache_dir, batch_size=chunk, progress=False)
+
+
+def encode_files(towers: Sequence[Tower], paths: Sequence[str], cfg, desc: str = "images",
+                 errors: Optional[Dict[str, str]] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Features of image files on towers that share a preprocessing, each image
+    decoded once for all of them, through the feature cache.
+
+    Under mpirun every rank calls this with the same arguments: each encodes an
+    equal contiguous shard (cut at batch boundaries, so every forward pass sees
+    the batch one process would) and rank 0 gets the rows and keeps the cache.
+
+    Parameters: towers: loaded backbones with one ``preprocess.id``; paths:
+    image files; cfg: the configuration (batch_size, workers, cache_dir);
+    desc: the progress bar's label; errors: collects ``{path: message}`` of
+    files that could not be decoded (not printed here).
+    Returns: on rank 0 {key: (features (N, D) float32, readable (N,) bool)},
+    unreadable rows zero; on the other ranks {}.
+    """
+    paths = list(paths)
+    errors = {} if errors is None else errors
+    mine: Dict[str, str] = {}
+    encode_all, close_all = _image_encoder(towers, cfg, len(paths), desc, mine)
+    bs = int(cfg.batch_size)
+    stash: Dict[str, Dict[str, np.ndarray]] = {t.key: {} for t in towers[1:]}
+    feats: Dict[str, np.ndarray] = {}
+
+    def lead(encoder):
+        def both(chunk):
+            rows = np.asarray(encoder(chunk))
+            cut = np.cumsum([t.dim for t in towers])[:-1]
+            for t, part in zip(towers[1:], np.split(rows, cut, axis=1)[1:]):
+                stash[t.key].update(zip(chunk, part))
+            return rows[:, :towers[0].dim]
+        return _cached_images(towers[0], paths, cfg, both)
+
     try:
-        if cfg.cache_dir:
-            # chunks of several batches keep the loader's decode-ahead busy
-            feats = encode_images_cached(paths, encoder, spec.model, weights_sha256(model),
-                                         preprocess.id, cfg.cache_dir, batch_size=bs * 8,
-                                         progress=False)
-        else:
-            feats = encoder(paths)
+        feats[towers[0].key] = distributed.drive(lead, encode_all, unit=bs)
+        for t in towers[1:]:
+            # the lead's pass encoded these too; encode afresh what it did not
+            encode_one, close_one = _image_encoder([t], cfg, len(paths), desc, mine)
+            try:
+                feats[t.key] = distributed.drive(
+                    lambda enc, t=t: _cached_images(t, paths, cfg, lambda chunk: (
+                        np.stack([stash[t.key][p] for p in chunk]) if all(p in stash[t.key] for p in chunk)
+                        else enc(chunk))), encode_one, unit=bs)
+            finally:
+                close_one()
     finally:
-        if bar is not None:
-            bar.close()
-    good = np.linalg.norm(feats, axis=1) > READABLE_NORM
-    print(f"    {desc}: {int(good.sum())} of {len(paths)} images encoded", flush=True)
-    return feats, good
+        close_all()
+    for part in distributed.allgather_object(sorted(mine.items())):
+        errors.update(dict(part))
+    if not distributed.is_root():
+        return {}
+    out = {}
+    for t in towers:
+        good = np.linalg.norm(feats[t.key], axis=1) > READABLE_NORM
+        print(f"    {t.key}: {int(good.sum())} of {len(paths)} images encoded", flush=True)
+        out[t.key] = (feats[t.key], good)
+    return out
 
 
-def text_weights(model, names: Sequence[str], spec, cfg, templates: Optional[str] = None,
-                 desc: str = "prompts") -> np.ndarray:
+def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[str] = None,
+                 desc: str = "prompts") -> Optional[np.ndarray]:
     """(C, D) zero-shot class weights of ``names`` from a template set (default the
-    configuration's ``templates``), every prompt encoded once (cached)."""
+    configuration's ``templates``), every prompt encoded once (cached).
+
+    Under mpirun every rank calls this: the prompts to encode are split over
+    the ranks in whole batches; rank 0 gets the weights, the others None.
+    """
     from ..features.cache import cached_text_encoder
     from ..features.encode import encode_texts
     from ..heads import class_prompts, text_classifier_weights
-    from ..models.load import weights_sha256
     templates = templates or cfg.templates
     total = len(names) * len(class_prompts(names[0], templates, cfg.domain_suffix))
     bar = None
@@ -104,17 +183,22 @@ def text_weights(model, names: Sequence[str], spec, cfg, templates: Optional[str
     def enc(texts):
         nonlocal bar
         if bar is None:      # only when something is not in the cache
-            bar = progress(total=total, desc=f"encoding {desc}", unit="prompt")
-        f = encode_texts(model, texts)
+            bar = progress(total=total if distributed.world_size() == 1 else len(texts),
+                           desc=f"encoding {desc}", unit="prompt", enabled=distributed.is_root())
+        f = encode_texts(tower.model, texts, TEXT_BATCH)
         bar.update(len(texts))
         return f
 
-    cached = enc
-    if cfg.cache_dir:
-        cached = cached_text_encoder(enc, spec.model, weights_sha256(model), cfg.cache_dir,
-                                     progress=False)
+    def run(encoder):
+        if cfg.cache_dir:
+            # under mpirun one chunk: the ranks split it in whole batches
+            chunk = TEXT_BATCH if distributed.world_size() == 1 else max(1, total)
+            encoder = cached_text_encoder(encoder, tower.spec.model, tower.sha256, cfg.cache_dir,
+                                          batch_size=chunk, progress=False)
+        return text_classifier_weights(names, encoder, templates, cfg.domain_suffix)
+
     try:
-        return text_classifier_weights(names, cached, templates, cfg.domain_suffix)
+        return distributed.drive(run, enc, unit=TEXT_BATCH)
     finally:
         if bar is not None:
             bar.close()
@@ -128,11 +212,32 @@ class Encoded:
     readable: (N,) bool, False where any backbone could not decode the image;
     texts: {key: [(C, D) per name list and template set]} (name list major);
     sha256: {key: SHA-256 of the weights the backbone was loaded from}.
+    Under mpirun only rank 0's holds features and texts.
     """
     features: Dict[str, np.ndarray] = field(default_factory=dict)
     readable: np.ndarray = None
     texts: Dict[str, List[np.ndarray]] = field(default_factory=dict)
     sha256: Dict[str, str] = field(default_factory=dict)
+
+
+def load_towers(cfg, keys: Sequence[str], device: Optional[str],
+                trained_sha256: Optional[Dict[str, str]] = None,
+                times: Optional[Dict[str, float]] = None) -> List[Tower]:
+    """Load each backbone of ``keys``; refuse weights other than those its heads
+    were trained with (``trained_sha256`` {key: SHA-256})."""
+    from ..models.load import weights_sha256
+    towers = []
+    for key in keys:
+        spec = cfg.backbones[key]
+        with step(f"{key}: load {spec.weights}", {} if times is None else times):
+            model, pre = load_backbone(spec, device)
+        tower = Tower(key, model, pre, spec, weights_sha256(model))
+        want = (trained_sha256 or {}).get(key, tower.sha256)
+        if want != tower.sha256:
+            raise ContestFormatError(f"{spec.weights}: not the weights the heads on {key} were "
+                                     f"trained with (manifest {str(want)[:12]}...); run train.sh again")
+        towers.append(tower)
+    return towers
 
 
 def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[str]],
@@ -144,41 +249,50 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
     paths, concatenated) and class weights of each name list with each template
     set of ``templates`` (default the configuration's).
 
+    The backbones are loaded together; those that share a preprocessing
+    (ViT-B/32 and RN101: OpenAI's 224 px) decode each image once for all.  Under
+    mpirun every rank calls this and encodes its shard; rank 0 gets everything.
+
     Parameters: cfg: the configuration; keys: backbone keys; device: None |
     'cpu' | 'cuda'; trained_sha256: {key: SHA-256 its heads were trained on},
     checked before encoding; times: step times are recorded there.
-    Returns: an ``Encoded``.  Each unreadable image is warned about once.
+    Returns: an ``Encoded`` (empty on ranks other than 0).  Each unreadable
+    image is warned about once.
     """
-    from ..models.load import weights_sha256
     times = {} if times is None else times
     n = sum(len(g) for g in path_groups)
     out = Encoded(readable=np.ones(n, bool))
     errors: Dict[str, str] = {}
-    for key in keys:
-        spec = cfg.backbones[key]
-        with step(f"{key}: load {spec.weights}", times):
-            model, pre = load_backbone(spec, device)
-        out.sha256[key] = weights_sha256(model)
-        want = (trained_sha256 or {}).get(key, out.sha256[key])
-        if want != out.sha256[key]:
-            raise ContestFormatError(f"{spec.weights}: not the weights the heads on {key} were "
-                                     f"trained with (manifest {str(want)[:12]}...); run train.sh again")
-        with step(f"{key}: encode {n} images", times):
-            parts = [encode_files(model, pre, g, spec, cfg, key, errors) for g in path_groups if g]
-            out.features[key] = np.concatenate([f for f, _ in parts])
-            out.readable &= np.concatenate([ok for _, ok in parts])
-        if name_lists:
-            sets = list(templates or [cfg.templates])
-            with step(f"{key}: text weights for {' + '.join(str(len(n)) for n in name_lists)} "
+    loaded = load_towers(cfg, keys, device, trained_sha256, times)
+    out.sha256.update({t.key: t.sha256 for t in loaded})
+    # towers with one preprocessing share each image's decode
+    groups: Dict[str, List[Tower]] = {}
+    for t in loaded:
+        groups.setdefault(t.preprocess.id, []).append(t)
+    for towers in groups.values():
+        group = [t.key for t in towers]
+        with step(f"{' + '.join(group)}: encode {n} images" + (" (decoded once)" if len(towers) > 1 else ""),
+                  times):
+            parts = [encode_files(towers, g, cfg, "+".join(group), errors) for g in path_groups if g]
+            if distributed.is_root():
+                for key in group:
+                    out.features[key] = np.concatenate([p[key][0] for p in parts])
+                    out.readable &= np.concatenate([p[key][1] for p in parts])
+    if name_lists:
+        sets = list(templates or [cfg.templates])
+        for t in loaded:
+            with step(f"{t.key}: text weights for {' + '.join(str(len(n)) for n in name_lists)} "
                       f"classes x {len(sets)} template set(s)", times):
-                out.texts[key] = [text_weights(model, names, spec, cfg, t, f"{key} prompts ({t})")
-                                  for names in name_lists for t in sets]
-        del model
-        import jittor as jt
-        jt.gc()
+                out.texts[t.key] = [text_weights(t, names, cfg, s, f"{t.key} prompts ({s})")
+                                    for names in name_lists for s in sets]
+    del loaded, groups
+    import jittor as jt
+    jt.gc()
+    if not distributed.is_root():
+        return Encoded()
     paths = [p for g in path_groups for p in g]
     for i in np.flatnonzero(~out.readable):
-        why = errors.get(paths[i])
+        why = errors.get(paths[i]) or errors.get(os.path.abspath(paths[i]))
         print(f"warning: {paths[i]}: unreadable image" + (f" ({why.split(': ', 1)[-1]})" if why else ""),
               file=sys.stderr)
     return out

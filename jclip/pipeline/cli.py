@@ -4,12 +4,14 @@
     python -m jclip.pipeline test  [--images DIR] [--classes classes_b.txt] [--result result.txt]
 
 Exit status: 0 done; 2 a bad configuration (one line naming the file and key);
-1 any other error (one line).
+1 any other error (one line).  ``mpirun -np N bash test.sh ...`` shares the
+encoding over N ranks (``jclip.distributed``); the files are the same.
 """
 import argparse
 import sys
 from typing import List, Optional
 
+from .. import distributed
 from ..data.contest import ContestFormatError
 from .config import load_or_exit
 
@@ -23,12 +25,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(command, args: argparse.Namespace) -> None:
     """Load the configuration, run ``command(cfg)`` and turn errors into one line
-    and an exit status (2: the configuration, 1: anything else)."""
-    cfg = load_or_exit(args.config, args.set)
-    try:
-        command(cfg)
-    except (ContestFormatError, ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    and an exit status (2: the configuration, 1: anything else).  Under mpirun
+    the line names the rank, and a failing rank stops every rank."""
+    distributed.start()
+    with distributed.failures_end_the_run():
+        cfg = load_or_exit(args.config, args.set)
+        try:
+            command(cfg)
+        except (ContestFormatError, ValueError, OSError) as e:
+            sys.exit(f"error: {e}")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

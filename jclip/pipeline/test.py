@@ -3,12 +3,15 @@
 Each test image is decoded and encoded once per CLIP backbone; InMaP (fitted
 transductively on the readable test images) and LP++ share those features.
 Every head file is checked against the SHA-256 train.sh recorded first.
+Under mpirun the ranks share the encoding; rank 0 alone runs the heads and
+writes ``result.txt`` and ``stages.txt``.
 """
 import os
 import time
 from typing import Any, Dict, Optional
 
 
+from .. import distributed
 from ..data.contest import ContestFormatError, check_result, format_result, list_test_images, read_classes
 from ..io import atomic_write_text
 from . import manifest as manifest_file
@@ -51,6 +54,8 @@ def test(cfg, images: Optional[str] = None, classes: Optional[str] = None,
     backbones = sorted(set(casc.inmap_mix) | set(casc.lpp_mix))
     enc = encode_backbones(cfg, backbones, [paths], device, [names],
                            manifest_file.trained_backbones(manifest, casc.lpp_mix), times)
+    if not distributed.is_root():
+        return {}       # under mpirun: this rank's shard is encoded; rank 0 does the rest
     good = enc.readable
     if not good.any():
         raise ContestFormatError(f"{images}: no test image could be decoded")

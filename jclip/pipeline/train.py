@@ -5,6 +5,8 @@ The images train.sh uses are the 4-shot list and, from ``val.txt``, the first
 ``lpp.val_per_class`` images of each class (LP++'s epoch) and the first
 ``dog_head.val_per_class`` of each dog class (the dog head's epoch);
 ``selection_images`` names them, and val.sh leaves them out of what it measures.
+Under mpirun the ranks share the CLIP encoding; rank 0 alone fits the heads,
+trains the dog head and writes every file.
 """
 import json
 import os
@@ -13,6 +15,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from .. import distributed
 from ..data.contest import ContestFormatError, read_classes, read_labelled_list, write_labelled_list
 from ..io import sha256_file
 from . import manifest as manifest_file
@@ -79,7 +82,8 @@ def train(cfg) -> Dict[str, Any]:
         with open(split_json) as f:
             manifest["split"] = json.load(f)
     # a run killed from here on leaves no manifest: test.sh refuses the half-written heads
-    manifest_file.start(cfg)
+    if distributed.is_root():
+        manifest_file.start(cfg)
 
     _, dog_mask = class_masks(len(names), len(names), cfg.cascade.dog_range)
     lpp_val, dog_val = selection_images(cfg, val, dog_mask)
@@ -90,6 +94,8 @@ def train(cfg) -> Dict[str, Any]:
     # shots + LP++'s validation images as one group: val.sh reads the same cache file back
     enc = encode_backbones(cfg, keys, [relative_to(root, shots + lpp_val)], device, [names],
                            times=times)
+    if not distributed.is_root():
+        return {}       # under mpirun: this rank's shard is encoded; rank 0 does the rest
     keep, vkeep = enc.readable[:n], enc.readable[n:]
     missing = sorted(set(range(len(names))) - set(y_shots[keep]))
     if missing:

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import distributed
 from ..data.contest import ContestFormatError, domain_of, read_classes, read_labelled_list
 from ..io import sha256_file
 from ..pipeline import manifest as manifest_file
@@ -158,6 +159,8 @@ def encode(lists: ValLists, templates: Sequence[str] = (), note: str = "") -> Va
                            device, name_lists,
                            manifest_file.trained_backbones(lists.manifest, casc.lpp_mix),
                            times, template_sets)
+    if not distributed.is_root():
+        raise distributed.Done()    # under mpirun: this rank's shard is encoded; rank 0 does the rest
     n_s, n_l = len(shots), len(lpp_sel)
     labels = np.array([y for _, y in shots + lpp_sel + items], np.int64)
 

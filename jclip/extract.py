@@ -1,0 +1,298 @@
+"""Image features of a large collection, in shards that survive interruption.
+
+    python -m jclip.extract --model ViT-B/32 --images DIR_OR_LIST --out FEATURES_DIR
+                            [--shard-size 4096] [--dtype float32|float16] [--batch-size 64]
+    mpirun -np 8 python -m jclip.extract ...        # the same files, 8 ranks encoding
+
+The images: every file with an image extension under DIR (recursively), or
+the paths listed one per line in a text file (``path`` or ``path label``;
+relative paths are relative to the list's folder); sorted, duplicates once.
+
+FEATURES_DIR holds
+  ``index.json``     model, weights SHA-256, preprocessing, dtype, width,
+                     shard size, image count and the SHA-256 of paths.txt
+  ``paths.txt``      the sorted absolute paths, one per line (row i = line i)
+  ``shard-NNNNN.npy`` (rows, D) L2-normalised features of ``shard-size`` images
+  ``shard-NNNNN.json`` the shard's first row, row count, SHA-256 of its .npy and
+                     its unreadable images; written after the .npy, so a shard
+                     counts as done only when both are there and agree
+Every file is written atomically.  A second run with the same model, list
+and settings skips the shards that are done (a half-written or corrupt one
+is encoded again, never trusted); another model or list in the same folder
+is refused.  An image that cannot be decoded gets a zero row and is named on
+stderr and in its shard's record.
+
+Under mpirun the shards still to do are split into equal contiguous runs,
+one per rank; in each round every rank encodes one shard, rank 0 gathers them
+and writes them (only rank 0 writes).  ``load_features(FEATURES_DIR)`` reads
+the result back, checked (what ``--features`` options accept).
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import distributed
+from .data.lists import ListFormatError, read_lines, resolve
+from .io import atomic_open, atomic_write_text, sha256_file
+from .progress import progress
+
+VERSION = 1
+INDEX, PATHS = "index.json", "paths.txt"
+DTYPES = ("float32", "float16")
+
+
+class FeaturesError(ValueError):
+    """A features folder that is not what was asked for (or not complete)."""
+
+
+def list_images(source: str) -> List[str]:
+    """The sorted, distinct absolute image paths of a folder (recursively, by
+    extension) or of a list file (first field of each line).
+
+    Raises FileNotFoundError for a missing source, ListFormatError for an empty one.
+    """
+    from .data.images import IMAGE_EXTS
+    if os.path.isdir(source):
+        found = [os.path.join(d, f) for d, _, files in os.walk(source) for f in files
+                 if f.lower().endswith(IMAGE_EXTS)]
+    elif os.path.isfile(source):
+        found = [resolve(line.rsplit(" ", 1)[0] if _labelled(line) else line, source)
+                 for _, line in read_lines(source, "image list")]
+    else:
+        raise FileNotFoundError(f"{source}: no such folder or list file")
+    paths = sorted({os.path.abspath(p) for p in found})
+    if not paths:
+        raise ListFormatError(f"{source}: no images (extensions {', '.join(IMAGE_EXTS)})"
+                              if os.path.isdir(source) else f"{source}: the list is empty")
+    return paths
+
+
+def _labelled(line: str) -> bool:
+    """A ``path label`` line (the label an integer)."""
+    parts = line.rsplit(" ", 1)
+    return len(parts) == 2 and parts[1].lstrip("-").isdigit()
+
+
+def _paths_text(paths: Sequence[str]) -> str:
+    for p in paths:
+        if "\n" in p or "\r" in p:
+            raise ListFormatError(f"{p!r}: a path with a line break cannot be indexed")
+    return "".join(p + "\n" for p in paths)
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def _shard_done(folder: str, i: int, first: int, count: int) -> bool:
+    """True when shard i's record and array are complete and agree."""
+    rec_path = os.path.join(folder, shard_name(i) + ".json")
+    npy = os.path.join(folder, shard_name(i) + ".npy")
+    try:
+        with open(rec_path, encoding="utf-8") as f:
+            rec = json.load(f)
+        return (rec.get("first"), rec.get("count")) == (first, count) and \
+            os.path.isfile(npy) and sha256_file(npy) == rec.get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _prepare(folder: str, index: Dict, paths_text: str) -> None:
+    """Write (or check) the folder's index and path list: rank 0, before any shard."""
+    path = os.path.join(folder, INDEX)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise FeaturesError(f"{path}: unreadable index ({e}); remove the folder or use another --out")
+        differs = [k for k in index if old.get(k) != index[k]]
+        if differs:
+            raise FeaturesError(f"{folder}: holds other features ({', '.join(differs)} differ: "
+                                f"{', '.join(f'{k}={old.get(k)!r}' for k in differs[:2])}); "
+                                "use another --out")
+    os.makedirs(folder, exist_ok=True)
+    if not os.path.isfile(os.path.join(folder, PATHS)) or \
+            sha256_file(os.path.join(folder, PATHS)) != index["paths_sha256"]:
+        atomic_write_text(os.path.join(folder, PATHS), paths_text)
+    if not os.path.isfile(path):
+        atomic_write_text(path, json.dumps(index, indent=1) + "\n")
+
+
+def _write_shard(folder: str, i: int, first: int, feats: np.ndarray, unreadable: Dict[str, str]) -> None:
+    """The shard's array, then its record (with the array's SHA-256), each atomically."""
+    npy = os.path.join(folder, shard_name(i) + ".npy")
+    with atomic_open(npy) as f:
+        np.save(f, feats, allow_pickle=False)
+    rec = {"first": first, "count": int(feats.shape[0]), "sha256": sha256_file(npy),
+           "unreadable": dict(sorted(unreadable.items()))}
+    atomic_write_text(os.path.join(folder, shard_name(i) + ".json"), json.dumps(rec, indent=1) + "\n")
+
+
+def extract(model_name: str, images: str, out: str, shard_size: int = 4096, dtype: str = "float32",
+            batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None) -> Dict:
+    """Encode every image of ``images`` into shards under ``out`` (resumable).
+
+    Parameters: model_name: a CLIP name or weights file (``jclip.load``);
+    images: a folder or a list file; out: the features folder; shard_size:
+    images per shard (a multiple of batch_size keeps every forward pass the
+    same whatever the rank count); dtype: 'float32' or 'float16' on disk.
+    Every rank under mpirun calls this with the same arguments.
+    Returns: on rank 0 {"images", "shards", "encoded", "skipped", "unreadable",
+    "seconds"}; on the other ranks {}.
+    """
+    import jclip
+    from .data.images import iter_batches
+    from .features.encode import encode_images
+    from .models.load import weights_sha256
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("--shard-size and --batch-size must be at least 1")
+    t0 = time.time()
+    paths = list_images(images)
+    text = _paths_text(paths)
+    model, pre = jclip.load(model_name, device=device)
+    dim = int(model.text_projection.shape[1])
+    index = {"version": VERSION, "model": str(model_name), "weights_sha256": weights_sha256(model),
+             "preprocess_id": pre.id, "dtype": dtype, "dim": dim, "shard_size": int(shard_size),
+             "images": len(paths), "paths_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    n_shards = -(-len(paths) // shard_size)
+    spans = [(i, i * shard_size, min(len(paths), (i + 1) * shard_size)) for i in range(n_shards)]
+    todo = None
+    if distributed.is_root():
+        _prepare(out, index, text)
+        todo = [i for i, a, b in spans if not _shard_done(out, i, a, b - a)]
+    todo = distributed.broadcast_object(todo)
+    mine = todo[distributed.shard(len(todo))]
+    rounds = -(-len(todo) // distributed.world_size())
+    bar = progress(total=sum(spans[i][2] - spans[i][1] for i in todo),
+                   desc=f"extracting {model_name}", unit="img", enabled=distributed.is_root())
+    if distributed.is_root() and len(todo) < n_shards:
+        print(f"{out}: {n_shards - len(todo)} of {n_shards} shards already done; resuming", flush=True)
+    unreadable: Dict[str, str] = {}
+    for r in range(rounds):
+        part = b""
+        if r < len(mine):
+            i, a, b = spans[mine[r]]
+            feats = np.zeros((b - a, dim), np.float32)
+            errs: Dict[str, str] = {}
+            for idx, batch, bad in iter_batches(paths[a:b], pre, batch_size, workers):
+                if len(idx):
+                    feats[idx] = encode_images(model, batch, batch_size)
+                errs.update(bad)
+            part = json.dumps({"shard": i, "errors": errs}).encode() + b"\n" + \
+                distributed.array_bytes(feats.astype(dtype))
+        # rank 0 writes every rank's shard of this round
+        for got in distributed.allgather_bytes(part):
+            if not got or not distributed.is_root():
+                continue
+            head, body = got.split(b"\n", 1)
+            rec = json.loads(head.decode())
+            i, a, b = spans[rec["shard"]]
+            _write_shard(out, i, a, distributed.array_from_bytes(body), rec["errors"])
+            for p, msg in sorted(rec["errors"].items()):
+                print(f"warning: {p}: unreadable image ({msg.split(': ', 1)[-1]})", file=sys.stderr)
+            unreadable.update(rec["errors"])
+            bar.update(b - a)
+    bar.close()
+    if not distributed.is_root():
+        return {}
+    seconds = time.time() - t0
+    encoded = sum(spans[i][2] - spans[i][1] for i in todo)
+    print(f"{out}: {len(paths)} images in {n_shards} shards ({encoded} encoded now, "
+          f"{len(unreadable)} unreadable) in {seconds:.1f} s", flush=True)
+    return {"images": len(paths), "shards": n_shards, "encoded": encoded,
+            "skipped": n_shards - len(todo), "unreadable": sorted(unreadable), "seconds": seconds}
+
+
+@dataclass
+class Features:
+    """A features folder read back: ``paths`` (N,), ``features`` (N, D)
+    float32, ``readable`` (N,) bool (False: unreadable, zero row), ``index``."""
+    paths: List[str]
+    features: np.ndarray
+    readable: np.ndarray
+    index: Dict
+
+    def rows(self, paths: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """(features, readable) of ``paths`` (absolute or not), in that order.
+
+        Raises FeaturesError naming the first path the folder does not hold.
+        """
+        where = {p: i for i, p in enumerate(self.paths)}
+        idx = []
+        for p in paths:
+            i = where.get(os.path.abspath(p))
+            if i is None:
+                raise FeaturesError(f"{p}: not in the features folder ({len(self.paths)} images); "
+                                    "run jclip.extract on a list that holds it")
+            idx.append(i)
+        return self.features[idx], self.readable[idx]
+
+
+def load_features(folder: str, model: Optional[str] = None) -> Features:
+    """The features ``jclip.extract`` wrote, every shard checked (SHA-256).
+
+    Parameters: model: when given, the model name the folder must hold.
+    Raises FeaturesError naming the folder or shard that is missing, corrupt
+    or of another model.
+    """
+    try:
+        with open(os.path.join(folder, INDEX), encoding="utf-8") as f:
+            index = json.load(f)
+        with open(os.path.join(folder, PATHS), encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, ValueError) as e:
+        raise FeaturesError(f"{folder}: not a features folder of jclip.extract ({e})") from None
+    if index.get("version") != VERSION:
+        raise FeaturesError(f"{folder}: features format {index.get('version')!r}, expected {VERSION}")
+    if model is not None and index.get("model") != model:
+        raise FeaturesError(f"{folder}: features of {index.get('model')!r}, not {model!r}")
+    if hashlib.sha256(text.encode()).hexdigest() != index.get("paths_sha256"):
+        raise FeaturesError(f"{os.path.join(folder, PATHS)}: does not match {INDEX}")
+    paths = text.splitlines()
+    size = int(index["shard_size"])
+    parts = []
+    for i in range(-(-len(paths) // size)):
+        a, b = i * size, min(len(paths), (i + 1) * size)
+        if not _shard_done(folder, i, a, b - a):
+            raise FeaturesError(f"{os.path.join(folder, shard_name(i))}.npy: missing or incomplete; "
+                                "run jclip.extract again to finish it")
+        arr = np.load(os.path.join(folder, shard_name(i) + ".npy"), allow_pickle=False)
+        if arr.shape != (b - a, index["dim"]) or arr.dtype != np.dtype(index["dtype"]):
+            raise FeaturesError(f"{os.path.join(folder, shard_name(i))}.npy: shape {arr.shape} "
+                                f"{arr.dtype}, expected {(b - a, index['dim'])} {index['dtype']}")
+        parts.append(arr.astype(np.float32))
+    feats = np.concatenate(parts)
+    return Features(paths, feats, np.linalg.norm(feats, axis=1) > 0.5, index)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m jclip.extract", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="CLIP name (ViT-B/32, RN101, ...) or weights file")
+    p.add_argument("--images", required=True, help="a folder (searched recursively) or a list file")
+    p.add_argument("--out", required=True, help="the features folder (resumed when it exists)")
+    p.add_argument("--shard-size", type=int, default=4096, help="images per shard (default 4096)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="on-disk dtype (default float32)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: CUDA when available")
+    a = p.parse_args(argv)
+    distributed.start()
+    with distributed.failures_end_the_run():
+        try:
+            extract(a.model, a.images, a.out, a.shard_size, a.dtype, a.batch_size, a.workers, a.device)
+        except (ValueError, OSError) as e:
+            sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

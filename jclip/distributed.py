@@ -217,9 +217,27 @@ class Done(SystemExit):
 
 def start() -> None:
     """What a command does first (before Jittor is imported): under mpirun,
-    this rank's GPU (``pick_gpu``) and rank 0's output only (``quiet_others``)."""
-    pick_gpu()
+    this rank's GPU (``pick_gpu``), on CPU as many threads as one process
+    would use (``same_threads``), and rank 0's output only (``quiet_others``)."""
+    if pick_gpu() is None:
+        same_threads()
     quiet_others()
+
+
+def same_threads() -> Optional[int]:
+    """Under mpirun on CPU, run as many OpenMP threads as one process would
+    (the machine's CPU count) unless OMP_NUM_THREADS is set.
+
+    mpirun binds each rank to fewer cores, and Jittor's CPU kernels sum in an
+    order that depends on the thread count: features would differ from one
+    process's in the last bit.  Setting OMP_NUM_THREADS yourself (e.g. cores
+    / ranks) is faster on a CPU, at that price.  Must run before Jittor is
+    imported.  Returns: the thread count set, or None.
+    """
+    if not in_mpi() or "OMP_NUM_THREADS" in os.environ:
+        return None
+    os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+    return os.cpu_count() or 1
 
 
 def _exit_now(message: str, status: int) -> None:

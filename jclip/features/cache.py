@@ -5,6 +5,8 @@ SHA-256, preprocessing id - and by the list of inputs.  It stores, next to the
 features, each image's size and mtime (prompts: the exact strings), so a
 second run with the same inputs reads the features back, and an image whose
 size or mtime changed is re-encoded (only that image), never silently reused.
+Prompts are cached one by one in a store per model: a new class list or
+template set encodes only the prompts not seen before.
 Files are written to a temporary name and os.replace'd, so an interrupted run
 leaves either the old cache or the new one.  Each file carries the SHA-256 of
 its features and stamps: a truncated or corrupt file (a full disk, a copy cut
@@ -135,18 +137,57 @@ def encode_images_cached(paths, encoder, model_name, weights_sha256,
                    cache_dir, int(batch_size), progress)
 
 
+def _read_texts(path, identity):
+    """{prompt: row} and the features of a prompt store, or ({}, None)
+    (missing, foreign or corrupt; a corrupt one is reported on stderr)."""
+    if not os.path.exists(path):
+        return {}, None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION \
+                    or meta.get("identity") != identity:
+                return {}, None
+            feats, texts = z["features"], [str(t) for t in meta["items"]]
+        if meta.get("sha256") != _checksum(feats, np.frombuffer(json.dumps(texts).encode(), np.uint8)) \
+                or feats.shape[0] != len(texts):
+            raise ValueError("checksum mismatch")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
+            TypeError, AttributeError) as e:
+        print(f"feature cache {path} is corrupt ({type(e).__name__}: {str(e)[:120]}); "
+              "encoding again", file=sys.stderr)
+        return {}, None
+    return {t: i for i, t in enumerate(texts)}, feats
+
+
 def encode_texts_cached(texts, encoder, model_name, weights_sha256, cache_dir,
                         batch_size=256, progress=True):
-    """(N, D) features of the exact prompt strings ``texts``, cached.
+    """(N, D) features of the exact prompt strings ``texts``, cached per prompt.
 
-    Strings are part of the key, so any change to a prompt gives a new entry.
+    One store per model holds every prompt it encoded, whatever list it came
+    in: another class list (test.sh after train.sh, the sweep's template sets)
+    encodes only the prompts the store lacks, and adds them.
     """
     texts = [str(t) for t in texts]
+    if not texts:
+        raise ValueError("no texts to encode")
     identity = {"model_name": str(model_name), "weights_sha256": str(weights_sha256),
                 "preprocess_id": "text"}
-    stamps = np.zeros((len(texts), 2), dtype=np.int64)
-    return _cached("texts", texts, texts, stamps, encoder, identity, cache_dir,
-                   int(batch_size), progress)
+    path = _cache_path(cache_dir, "prompts", identity, [])
+    where, feats = _read_texts(path, identity)
+    missing = list(dict.fromkeys(t for t in texts if t not in where))
+    if missing:
+        fresh = _encode(missing, encoder, int(batch_size), "encoding prompts", progress)
+        if feats is not None and fresh.shape[1] != feats.shape[1]:
+            raise ValueError(f"encoder width {fresh.shape[1]} differs from the "
+                             f"cached {feats.shape[1]} for {path}")
+        feats = fresh if feats is None else np.concatenate([feats, fresh.astype(feats.dtype)])
+        where.update({t: len(where) + i for i, t in enumerate(missing)})
+        items = sorted(where, key=where.get)
+        meta = json.dumps({"version": FORMAT_VERSION, "identity": identity, "items": items,
+                           "sha256": _checksum(feats, np.frombuffer(json.dumps(items).encode(), np.uint8))})
+        atomic_save_npz(path, {"features": feats, "meta": np.array(meta)})
+    return feats[[where[t] for t in texts]]
 
 
 def cached_text_encoder(encoder, model_name, weights_sha256, cache_dir, **kw):

@@ -30,7 +30,7 @@ from ..progress import progress
 
 # a zero row marks an unreadable image (real features are unit length)
 READABLE_NORM = 0.5
-# prompts per text forward pass (encode_texts' default)
+# prompts per chunk handed to the text encoder (whole classes)
 TEXT_BATCH = 256
 
 
@@ -168,16 +168,21 @@ def encode_files(towers: Sequence[Tower], paths: Sequence[str], cfg, desc: str =
 def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[str] = None,
                  desc: str = "prompts") -> Optional[np.ndarray]:
     """(C, D) zero-shot class weights of ``names`` from a template set (default the
-    configuration's ``templates``), every prompt encoded once (cached).
+    configuration's ``templates``), every prompt encoded once (cached per prompt).
 
+    Each class's prompts go through the text tower as one batch: a prompt's
+    features then do not depend on the other classes of the list, on what the
+    cache already held or on the number of ranks (the kernels' sums depend on
+    the batch), so test.sh can reuse train.sh's prompts and stay byte-identical.
     Under mpirun every rank calls this: the prompts to encode are split over
-    the ranks in whole batches; rank 0 gets the weights, the others None.
+    the ranks in whole classes; rank 0 gets the weights, the others None.
     """
     from ..features.cache import cached_text_encoder
     from ..features.encode import encode_texts
     from ..heads import class_prompts, text_classifier_weights
     templates = templates or cfg.templates
-    total = len(names) * len(class_prompts(names[0], templates, cfg.domain_suffix))
+    per = len(class_prompts(names[0], templates, cfg.domain_suffix))
+    total = len(names) * per
     bar = None
 
     def enc(texts):
@@ -185,20 +190,22 @@ def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[st
         if bar is None:      # only when something is not in the cache
             bar = progress(total=total if distributed.world_size() == 1 else len(texts),
                            desc=f"encoding {desc}", unit="prompt", enabled=distributed.is_root())
-        f = encode_texts(tower.model, texts, TEXT_BATCH)
-        bar.update(len(texts))
-        return f
+        out = []
+        for i in range(0, len(texts), per):
+            out.append(encode_texts(tower.model, texts[i:i + per], per))
+            bar.update(len(out[-1]))
+        return np.concatenate(out)
 
     def run(encoder):
         if cfg.cache_dir:
-            # under mpirun one chunk: the ranks split it in whole batches
-            chunk = TEXT_BATCH if distributed.world_size() == 1 else max(1, total)
+            # whole classes per chunk; under mpirun one chunk, split over the ranks
+            chunk = per * max(1, TEXT_BATCH // per) if distributed.world_size() == 1 else max(1, total)
             encoder = cached_text_encoder(encoder, tower.spec.model, tower.sha256, cfg.cache_dir,
                                           batch_size=chunk, progress=False)
         return text_classifier_weights(names, encoder, templates, cfg.domain_suffix)
 
     try:
-        return distributed.drive(run, enc, unit=TEXT_BATCH)
+        return distributed.drive(run, enc, unit=per)
     finally:
         if bar is not None:
             bar.close()

@@ -53,8 +53,9 @@ JAIL = textwrap.dedent(f"""
 
 
 def jail(*paths, timeout=120):
-    r = subprocess.run([sys.executable, "-c", JAIL, *map(str, paths)],
-                       capture_output=True, text=True, timeout=timeout)
+    # under sh: a crash shows as exit status 128+N (see spawn)
+    r = subprocess.run(["sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-c", JAIL,
+                        *map(str, paths)], capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"reader crashed (rc {r.returncode}): {r.stderr[-2000:]}"
     results = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(results) == len(paths), r.stderr[-2000:]
@@ -330,27 +331,36 @@ def test_attention_mask_may_hold_minus_inf(tmp_path):
 # ------------------------------------------------------------- 5. signals
 
 WRITER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {root!r})
     from jclip.io import atomic_open
     with atomic_open(sys.argv[1]) as f:
         f.write(b"x" * 1000)
         f.flush()
-        print("writing", flush=True)
+        print("writing", os.getpid(), flush=True)
         time.sleep(60)
 """)
+
+
+def spawn(script, *args, **kw):
+    """Run ``python -c script`` under ``sh``, which reports a death by signal
+    N as exit status 128+N: a Jittor imported by an earlier test into this
+    process quits on a SIGCHLD from a child killed by a signal."""
+    return subprocess.Popen(["sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-c", script,
+                             *map(str, args)], **kw)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_write_leaves_no_debris(tmp_path, sig):
     target = tmp_path / "out" / "w.safetensors"
-    p = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT), str(target)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "writing"
+    p = spawn(WRITER.format(root=ROOT), target, stdout=subprocess.PIPE,
+              stderr=subprocess.PIPE, text=True)
+    said, pid = p.stdout.readline().split()
+    assert said == "writing"
     assert len(os.listdir(target.parent)) == 1          # the temporary exists
-    p.send_signal(sig)
+    os.kill(int(pid), sig)
     p.wait(timeout=30)
-    assert p.returncode != 0
+    assert p.returncode == 128 + sig
     assert os.listdir(target.parent) == []
 
 
@@ -445,9 +455,10 @@ def test_stale_part_resumed_or_restarted(tmp_path, mode):
 
 
 DOWNLOADER = textwrap.dedent("""
-    import sys
+    import os, sys
     sys.path.insert(0, {root!r})
     from jclip.weights.download import download
+    print(os.getpid(), flush=True)
     download(sys.argv[1], sys.argv[2], progress=False, timeout=30)
 """)
 
@@ -455,8 +466,9 @@ DOWNLOADER = textwrap.dedent("""
 def test_sigterm_mid_download_removes_part(tmp_path):
     srv = _Slow(b"z" * 200, "stall")
     try:
-        p = subprocess.Popen([sys.executable, "-c", DOWNLOADER.format(root=ROOT), srv.url,
-                              str(tmp_path / "f.pt")], stderr=subprocess.PIPE)
+        p = spawn(DOWNLOADER.format(root=ROOT), srv.url, tmp_path / "f.pt",
+                  stdout=subprocess.PIPE, text=True)
+        pid = int(p.stdout.readline())
         part = tmp_path / "f.pt.part"
         deadline = time.monotonic() + 30
         while not part.exists():
@@ -464,9 +476,9 @@ def test_sigterm_mid_download_removes_part(tmp_path):
             time.sleep(0.05)
         time.sleep(0.5)                  # inside the 5 s stall
         assert p.poll() is None
-        p.send_signal(signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
         p.wait(timeout=30)
     finally:
         srv.close()
-    assert p.returncode == -signal.SIGTERM
+    assert p.returncode == 128 + signal.SIGTERM
     assert os.listdir(tmp_path) == []

@@ -144,17 +144,18 @@ def array_from_bytes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def allgather_rows(local: np.ndarray) -> np.ndarray:
+def allgather_rows(local: Optional[np.ndarray]) -> np.ndarray:
     """Every rank's rows, concatenated in rank order, bit for bit, on every rank.
 
-    Parameters: local: this rank's (n_r, ...) array (n_r may be 0; every rank
-    the same dtype and trailing shape).
-    Returns: (sum n_r, ...).
+    Parameters: local: this rank's (n_r, ...) array, or None for no rows (every
+    rank that has rows: the same dtype and trailing shape).
+    Returns: (sum n_r, ...); (0,) float32 when no rank had rows.
     """
     if world_size() == 1:
-        return local
-    parts = [array_from_bytes(b) for b in allgather_bytes(array_bytes(local))]
-    return np.concatenate(parts)
+        return np.zeros(0, np.float32) if local is None else local
+    sent = b"" if local is None else array_bytes(local)
+    parts = [array_from_bytes(b) for b in allgather_bytes(sent) if b]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def shard(n: int, unit: int = 1, of: Optional[Tuple[int, int]] = None) -> slice:
@@ -174,9 +175,11 @@ def shard(n: int, unit: int = 1, of: Optional[Tuple[int, int]] = None) -> slice:
 
 def sharded(encode: Callable[[List[Any]], np.ndarray], items: Sequence[Any], unit: int = 1) -> np.ndarray:
     """``encode(items)`` with each rank encoding its ``shard`` (every rank calls
-    it with the same items); the rows gathered on every rank."""
+    it with the same items; a rank with an empty share does not call
+    ``encode``); the rows gathered on every rank."""
     items = list(items)
-    return allgather_rows(np.asarray(encode(items[shard(len(items), unit)])))
+    mine = items[shard(len(items), unit)]
+    return allgather_rows(np.asarray(encode(mine)) if mine else None)
 
 
 def drive(run: Callable[[Callable[[List[Any]], np.ndarray]], T],

@@ -33,3 +33,15 @@ def photos():
     from PIL import Image
     data = _photos()
     return lambda: [Image.open(io.BytesIO(b)) for b in data]
+
+
+@pytest.fixture(scope="session")
+def mpirun():
+    """The command prefix that starts 2 ranks on this machine's CPUs
+    (``mpirun ... -np 2``), or a skip where OpenMPI is absent."""
+    import shutil
+    exe = shutil.which("mpirun")
+    if exe is None or shutil.which("mpicc") is None:
+        pytest.skip("OpenMPI is not installed (no mpirun/mpicc); `bash setup.sh --dev` installs it")
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    return [exe, *root, "--oversubscribe", "-np", "2"]

@@ -60,35 +60,72 @@ def _stats(values: Sequence[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float32).reshape(3, 1, 1)
 
 
+# open_clip's eval resize modes and filters (open_clip/transform.py image_transform).
+RESIZE_MODES = ("shortest", "longest", "squash")
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
 class Preprocess:
-    """PIL image -> (3, size, size) float32 array, as OpenAI's/timm's eval transform.
+    """PIL image -> (3, size, size) float32 array, as OpenAI's/timm's/open_clip's eval transform.
 
     Parameters: ``size`` the square crop; ``resize`` the short side before the
-    crop (default ``size``, CLIP's way); ``mean``/``std`` per-channel statistics.
+    crop (default ``size``, CLIP's way); ``mean``/``std`` per-channel
+    statistics; ``interpolation`` "bicubic" or "bilinear"; ``resize_mode``
+    open_clip's "shortest" (resize the short side, centre-crop), "longest"
+    (fit the long side, centre-pad with black) or "squash" (resize to
+    size x size, aspect not kept).
     Calling it returns the normalised crop (any PIL mode is converted to RGB).
     """
 
     def __init__(self, size: int = 224, resize: Optional[int] = None,
-                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+                 interpolation: str = "bicubic", resize_mode: str = "shortest"):
+        if interpolation not in INTERPOLATIONS or resize_mode not in RESIZE_MODES:
+            raise ValueError(f"Preprocess: interpolation {interpolation!r} / resize_mode {resize_mode!r} "
+                             f"not supported ({', '.join(INTERPOLATIONS)} / {', '.join(RESIZE_MODES)})")
         self.size = size
         self.resize = resize or size  # short side before the centre crop
         self.mean = _stats(mean)
         self.std = _stats(std)
+        self.interpolation, self.resize_mode = interpolation, resize_mode
 
     @property
     def id(self) -> str:
         """A string naming this transform exactly (feature caches key on it)."""
-        return f"resize{self.resize}-bicubic-crop{self.size}-mean{tuple(self.mean.ravel())}-std{tuple(self.std.ravel())}"
+        other = "" if (self.interpolation, self.resize_mode) == ("bicubic", "shortest") else \
+            f"-{self.interpolation}-{self.resize_mode}"
+        return (f"resize{self.resize}-bicubic-crop{self.size}-mean{tuple(self.mean.ravel())}"
+                f"-std{tuple(self.std.ravel())}{other}")
+
+    def _other_modes(self, img: Image.Image) -> np.ndarray:
+        """open_clip's "squash" (Resize((size, size))) and "longest"
+        (ResizeKeepRatio(longest=1) + CenterCropOrPad with black)."""
+        filt = INTERPOLATIONS[self.interpolation]
+        if self.resize_mode == "squash":
+            return normalize(img.resize((self.size, self.size), filt), self.mean, self.std)
+        w, h = img.size
+        ratio = max(h / self.size, w / self.size)
+        new_w, new_h = round(w / ratio), round(h / ratio)
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), filt)
+        pad_l, pad_t = max(self.size - new_w, 0) // 2, max(self.size - new_h, 0) // 2
+        canvas = Image.new("RGB", (max(new_w, self.size), max(new_h, self.size)))
+        canvas.paste(img, (pad_l, pad_t))
+        top = int(round((canvas.size[1] - self.size) / 2.0))
+        left = int(round((canvas.size[0] - self.size) / 2.0))
+        return normalize(canvas.crop((left, top, left + self.size, top + self.size)), self.mean, self.std)
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         img = to_rgb(img)
+        if self.resize_mode != "shortest":
+            return self._other_modes(img)
         w, h = img.size
         short, long = (w, h) if w <= h else (h, w)
         # torchvision.transforms.Resize(int): the long side is truncated, not rounded
         new_short, new_long = self.resize, int(self.resize * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), Image.BICUBIC)
+            img = img.resize((new_w, new_h), INTERPOLATIONS[self.interpolation])
         # torchvision.transforms.CenterCrop: offsets use Python's round()
         top = int(round((new_h - self.size) / 2.0))
         left = int(round((new_w - self.size) / 2.0))
@@ -118,9 +155,10 @@ def preprocess_for(name: str, size: Optional[int] = None) -> Preprocess:
     card's input size).
     Returns: a ``Preprocess``.
     """
-    card = _bicubic_card(name)
+    card = get_card(name)   # open_clip cards carry their filter and resize mode
     size = size or card.input_size
-    return Preprocess(size, resize=int(size / card.crop_pct), mean=card.mean, std=card.std)
+    return Preprocess(size, resize=int(size / card.crop_pct), mean=card.mean, std=card.std,
+                      interpolation=card.interpolation, resize_mode=getattr(card, "resize_mode", "shortest"))
 
 
 class TrainTransform:

@@ -190,7 +190,7 @@ def test_every_open_clip_config_builds_or_is_refused_with_a_reason():
 def test_cards_match_open_clips_pretrained_configs():
     tags = oc.pretrained_tags()
     assert len(tags) >= 15
-    families = {"laion2b": 0, "datacomp": 0, "metaclip": 0}
+    families = {"laion2b": 0, "datacomp": 0, "metaclip": 0, "dfn": 0}
     for name, tag in tags.items():
         arch, t = oc.split_name(name)
         ref = oc_pretrained.get_pretrained_cfg(arch, t)
@@ -282,7 +282,7 @@ def test_preprocessing_matches_open_clip_for_every_tag_config(photos):
     for name in oc.pretrained_tags():
         c = get_card(name)
         seen.setdefault((c.input_size, c.mean, c.std, c.interpolation, c.resize_mode), name)
-    assert len(seen) >= 3   # OpenAI's statistics at 224 and 256, Inception's
+    assert len(seen) >= 4   # OpenAI's statistics at 224 and 256, Inception's, DFN's squash
     for (size, mean, std, interp, mode), name in seen.items():
         ref = open_clip.image_transform(size, is_train=False, mean=mean, std=std,
                                         resize_mode=mode, interpolation=interp)
@@ -441,3 +441,17 @@ def test_the_parity_check_catches_a_wrong_architecture():
         txt = normalize(model.encode_text(tokens)).numpy()
         diff = max(np.abs(img - theirs[0]).max(), np.abs(txt - theirs[1]).max())
         assert (diff <= 1e-4) == must_match, (a, diff)
+
+
+@pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_preprocess_modes_match_open_clip(photos, mode, interpolation):
+    from jclip.data.images import Preprocess
+    mean, std = oc_pretrained.INCEPTION_MEAN, oc_pretrained.INCEPTION_STD
+    ours = Preprocess(160, mean=mean, std=std, interpolation=interpolation, resize_mode=mode)
+    ref = open_clip.image_transform(160, is_train=False, mean=mean, std=std, resize_mode=mode,
+                                    interpolation=interpolation)
+    for img in photos():
+        assert np.abs(ours(img) - ref(img).numpy()).max() <= 1e-6, (img.size, mode, interpolation)
+    if (mode, interpolation) != ("shortest", "bicubic"):
+        assert ours.id != Preprocess(160, mean=mean, std=std).id   # feature caches keep them apart

@@ -29,7 +29,7 @@ def test_default_loads_with_typed_sections():
     assert isinstance(cfg, Config) and cfg.path == DEFAULT_CONFIG
     assert cfg.lpp.epochs == 300 and type(cfg.lpp.epochs) is int
     assert cfg.inmap.tau_t == 0.01 and cfg.data.root == "Dataset"
-    assert cfg.backbones["vit"].model == "ViT-B/32" and cfg.backbones["rn"].weights == "weights/RN101.pkl"
+    assert cfg.backbones["vit"].model == "ViT-B/32" and cfg.backbones["rn"].weights == "weights/RN101.safetensors"
     assert cfg.cascade.inmap_mix == {"vit": 0.5, "rn": 0.5} and cfg.cascade.dog_range == (244, 373)
     assert cfg.sweep.lpp_epochs == (100, 300, 500) and cfg.budget.limit_on == "loaded"
     assert cfg.data.file("classes") == os.path.join("Dataset", "classes.txt")

@@ -12,7 +12,7 @@ import numpy as np
 from ..io import sha256_file
 from ..models.convnext import ConvNeXtV2, load_convnextv2
 from ..models.registry import get_card
-from ..weights.checkpoint import CheckpointError, read_state_dict
+from ..weights.checkpoint import CheckpointError, find_weights, read_state_dict
 from .data import BACKBONE_CARD
 
 
@@ -48,6 +48,7 @@ def tail(model: ConvNeXtV2, x: jt.Var, unfreeze: int) -> jt.Var:
 
 def load_backbone(weights: str) -> Tuple[ConvNeXtV2, str, str]:
     """(model with its checkpoint's head, size name, SHA-256 of the file) from a weights path."""
+    weights = find_weights(weights) or weights     # X.pkl finds a converted X.safetensors
     model = load_convnextv2(weights)
     return model, model.name, sha256_file(weights)
 
@@ -64,6 +65,7 @@ def load_finetuned(weights: str, head: str) -> ConvNeXtV2:
     state, meta = read_state_dict(head)
     if "backbone_sha256" not in meta:
         raise CheckpointError(f"{head}: not a jclip fine-tuned head (no backbone_sha256)")
+    weights = find_weights(weights) or weights
     sha = sha256_file(weights)
     if sha != meta["backbone_sha256"]:
         raise CheckpointError(

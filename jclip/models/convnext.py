@@ -251,8 +251,8 @@ def load_convnextv2(path_or_state_dict, name=None, num_classes=None,
     """
     source = "state dict"
     if isinstance(path_or_state_dict, (str, bytes)) or hasattr(path_or_state_dict, "__fspath__"):
-        from ..weights.checkpoint import read_state_dict
-        source = str(path_or_state_dict)
+        from ..weights.checkpoint import find_weights, read_state_dict
+        source = find_weights(path_or_state_dict) or str(path_or_state_dict)
         sd, _meta = read_state_dict(source)
     else:
         sd = path_or_state_dict

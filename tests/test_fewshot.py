@@ -13,7 +13,6 @@ import jclip  # noqa: F401
 from jclip.fewshot import cli, study
 from jclip.fewshot import datasets as fewshot
 from jclip.fewshot.backbone import Backbone
-from jclip.heads import ZeroShot
 from jclip.weights.checkpoint import save_state_dict
 from jclip.plot import bar_plot, line_plot, nice_ticks
 from reference import build_reference
@@ -136,6 +135,7 @@ def test_scores_are_percent_top1_and_top5():
 
 # ------------------------------------------------------------------ learning
 
+@pytest.mark.slow
 def test_coop_beats_zero_shot_on_generated_colours(colours, tiny_model, tmp_path):
     ds = fewshot.load_dataset(str(colours))
     backbone = Backbone(tiny_model, str(tmp_path / "cache"), progress=False)
@@ -179,6 +179,7 @@ def zero_shot_top1(colours, tiny_model, cache, classes=None):
     return 100.0 * np.mean(classes[np.argmax(x @ t.T, axis=1)] == ds.test_labels[keep])
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(colours, tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--data", str(colours), "--model", tiny_model, "--shots", "1", "2", "--seeds", "1", "2",

@@ -311,6 +311,7 @@ def test_topk_is_best_first_and_distinct():
 SEEDS = (0, 1, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_lpp_accuracy_grows_with_shots(seed):
     task = make_task(seed)
@@ -339,6 +340,7 @@ def test_tip_adapter_beats_zero_shot_and_f_beats_tip(seed):
     assert zero_shot + 0.1 < tip <= tip_f, (zero_shot, tip, tip_f)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_inmap_beats_its_text_proxies(seed):
     # separable image clusters, badly placed text proxies: the transductive case
@@ -351,6 +353,7 @@ def test_inmap_beats_its_text_proxies(seed):
     assert acc > zero_shot + 0.05, (zero_shot, acc)
 
 
+@pytest.mark.slow
 def test_linear_probe_learns_and_picks_c_on_validation():
     task = make_task(0)
     (x, y), (vx, vy), (tx, ty) = task["train"], task["val"], task["test"]

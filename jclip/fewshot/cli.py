@@ -54,7 +54,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     pl.add_argument("--n-ctx", type=int, help="context length with random init")
     pl.add_argument("--class-specific", action="store_true", help="CoOp: one context per class")
     pl.add_argument("--position", choices=("end", "middle", "front"), help="where the class tokens go")
-    p.add_argument("--output", default="fewshot_results", help="folder for results.csv, accuracy.png, prompts/")
+    p.add_argument("--output", default="fewshot_results",
+                   help="folder for results.csv, accuracy.png, run.json, prompts/")
     p.add_argument("--cache", default=os.path.join("cache", "features"))
     p.add_argument("--batch-size", type=int, default=64, help="image encoding batch")
     p.add_argument("--no-progress", action="store_true")

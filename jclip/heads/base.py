@@ -258,7 +258,8 @@ class Head:
     def __repr__(self) -> str:
         def show(v):
             return f"array{np.shape(v)}" if isinstance(v, np.ndarray) else repr(v)
-        return f"{type(self).__name__}({', '.join(f'{k}={show(v)}' for k, v in self.get_params().items() if k not in self._unsaved_params)})"
+        shown = (f"{k}={show(v)}" for k, v in self.get_params().items() if k not in self._unsaved_params)
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def _text_weights(self) -> np.ndarray:
         """The ``text_weights`` hyper-parameter, checked: (C, D) unit rows."""

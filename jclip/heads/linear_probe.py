@@ -62,7 +62,8 @@ class LinearProbe(Head):
                           RuntimeWarning, stacklevel=3)
         return res.x
 
-    def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None, val_features: Optional[np.ndarray] = None,
+    def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None,
+            val_features: Optional[np.ndarray] = None,
             val_labels: Optional[np.ndarray] = None) -> "LinearProbe":
         """Fit on (N, D) normalised features and (N,) labels.
 

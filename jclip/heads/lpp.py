@@ -79,7 +79,8 @@ class LPPlusPlus(Head):
         self.accumulate_alpha_grad = accumulate_alpha_grad
         self.seed = seed
 
-    def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None, val_features: Optional[np.ndarray] = None,
+    def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None,
+            val_features: Optional[np.ndarray] = None,
             val_labels: Optional[np.ndarray] = None) -> "LPPlusPlus":
         """Train on (N, D) normalised shots and their labels (every class needs one).
 

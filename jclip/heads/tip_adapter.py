@@ -101,7 +101,8 @@ class TipAdapter(Head):
         return best
 
     # -- API ---------------------------------------------------------------
-    def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None, val_features: Optional[np.ndarray] = None,
+    def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None,
+            val_features: Optional[np.ndarray] = None,
             val_labels: Optional[np.ndarray] = None) -> "TipAdapter":
         """Build the cache from (N, D) normalised shots and their labels.
 
@@ -181,8 +182,9 @@ class TipAdapterF(TipAdapter):
         d_aff_t = (alpha * beta) * e_t * g.T[self.key_labels_]
         return d_aff_t @ x                                          # (K, D)
 
-    def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None, val_features: Optional[np.ndarray] = None,
-            val_labels: Optional[np.ndarray] = None, train_features: Optional[np.ndarray] = None,
+    def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None,
+            val_features: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
+            train_features: Optional[np.ndarray] = None,
             train_labels: Optional[np.ndarray] = None) -> "TipAdapterF":
         """Build the cache from the shots, then train its keys.
 

@@ -63,6 +63,7 @@ def first(collection):
     return out, r
 
 
+@pytest.mark.slow
 def test_shards_equal_a_direct_encoding_and_name_the_unreadable_image(collection, first):
     import jclip
     from jclip.features.encode import encode_image_files
@@ -92,7 +93,7 @@ def test_shards_equal_a_direct_encoding_and_name_the_unreadable_image(collection
         f.rows(["/elsewhere.jpg"])
 
 
-def test_a_list_file_gives_the_same_index(collection, first, tmp_path):
+def test_a_list_file_gives_the_same_index(collection, tmp_path):
     _, weights, images = collection
     paths = list_images(images)
     lst = tmp_path / "list.txt"
@@ -102,6 +103,7 @@ def test_a_list_file_gives_the_same_index(collection, first, tmp_path):
     assert list_images(str(lst)) == paths
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_and_after_a_corrupt_shard(collection, first, tmp_path):
     _, weights, images = collection
     want = load_features(str(first[0])).features
@@ -144,6 +146,7 @@ p.wait()
     np.testing.assert_array_equal(load_features(str(out2)).features, want)
 
 
+@pytest.mark.slow
 def test_another_model_or_setting_is_refused_and_float16_is_the_cast(collection, first, tmp_path):
     root, weights, images = collection
     out = first[0]

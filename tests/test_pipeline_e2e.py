@@ -233,6 +233,30 @@ def test_test_sh_twice_is_byte_identical(pipeline):
     assert pipeline["first"] == pipeline["second"]
 
 
+def test_two_ranks_write_the_same_result(pipeline, mpirun, tmp_path):
+    """mpirun -np 2 bash test.sh: each rank encodes half of the test images (an
+    empty cache, so they do), rank 0 alone runs the heads and writes."""
+    result = tmp_path / "result.txt"
+    r = run(*mpirun, "bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(pipeline["config"]),
+            "--result", str(result), "--set", f"cache_dir={tmp_path / 'cache'}", cwd=REPO)
+    assert result.read_bytes() == pipeline["first"]
+    assert r.stdout.count("decided by:") == 1 and r.stderr.count("unreadable image") == 1
+    cache = tmp_path / "cache"
+    assert len(list(cache.glob("images-*.npz"))) == 2 and len(list(cache.glob("prompts-*.npz"))) == 2
+    assert not list(tmp_path.glob("**/.tmp-*"))
+
+
+def test_test_sh_reuses_train_sh_prompts(pipeline):
+    """Prompt features are cached per prompt: test.sh encodes only the unseen
+    classes' prompts (train.sh encoded the seen ones), and the file is the same
+    as with an empty cache (test_test_sh_twice_is_byte_identical)."""
+    n_all, n_seen = len(pipeline["names"]), len(pipeline["seen"])
+    for key in ("vit", "rn"):
+        assert f"{key}: {n_seen * 7} of {n_seen * 7} prompts encoded" in pipeline["logs"]["train"].stdout
+        assert f"{key}: {(n_all - n_seen) * 7} of {n_all * 7} prompts encoded" in pipeline["logs"]["test"].stdout
+        assert f"{key}: {n_all * 7} of {n_all * 7} prompts encoded" in pipeline["logs"]["test2"].stdout
+
+
 def test_manifest_records_config_seeds_and_hashes(pipeline):
     import hashlib
     out = pipeline["work"] / "out"

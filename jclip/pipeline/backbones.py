@@ -196,7 +196,13 @@ def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[st
             bar.update(len(out[-1]))
         return np.concatenate(out)
 
+    encoded = []
+
     def run(encoder):
+        def counted(texts):
+            encoded.append(len(texts))
+            return encoder(texts)
+        encoder = counted
         if cfg.cache_dir:
             # whole classes per chunk; under mpirun one chunk, split over the ranks
             chunk = per * max(1, TEXT_BATCH // per) if distributed.world_size() == 1 else max(1, total)
@@ -205,10 +211,14 @@ def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[st
         return text_classifier_weights(names, encoder, templates, cfg.domain_suffix)
 
     try:
-        return distributed.drive(run, enc, unit=per)
+        weights = distributed.drive(run, enc, unit=per)
     finally:
         if bar is not None:
             bar.close()
+    if distributed.is_root():
+        print(f"    {tower.key}: {sum(encoded)} of {total} prompts encoded "
+              f"({total - sum(encoded)} from the cache)", flush=True)
+    return weights
 
 
 @dataclass

@@ -321,10 +321,9 @@ class Head:
         for k, v in self.get_params().items():
             if k in self._unsaved_params:
                 continue
-            if isinstance(v, np.ndarray) or (v is not None and not _jsonable(_plain(v))):
-                if isinstance(fitted.get(k + "_"), np.ndarray):
-                    meta["params_from_fitted"].append(k)
-                    continue
+            if v is not None and isinstance(fitted.get(k + "_"), np.ndarray):
+                meta["params_from_fitted"].append(k)       # e.g. text_weights: stored once
+            elif isinstance(v, np.ndarray) or (v is not None and not _jsonable(_plain(v))):
                 meta["param_arrays"].append(k)
                 arrays[f"param/{k}"] = np.asarray(v)
             else:

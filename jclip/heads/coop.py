@@ -22,7 +22,7 @@ gives exactly the full-batch gradient.  Prompts are cut after the last EOT
 import hashlib
 import math
 from collections import OrderedDict
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import jittor as jt
@@ -266,7 +266,8 @@ class CoOp(Head):
         return topk_ids(self.logits(features, class_names), k)
 
     # -- training ------------------------------------------------------------
-    def loss_and_grads(self, features: np.ndarray, labels: np.ndarray):
+    def loss_and_grads(self, features: np.ndarray, labels: np.ndarray
+                       ) -> Tuple[float, Dict[str, np.ndarray], np.ndarray]:
         """(mean cross-entropy, {name: gradient ndarray}, logits) of one batch
         at the current parameters (after ``fit``; ``epochs=0`` gives the
         initial ones)."""

@@ -5,6 +5,7 @@ ImageNet subset used by Tip-Adapter, CoOp and InMaP, and the 80 templates of
 openai/CLIP's "Prompt_Engineering_for_ImageNet" notebook.
 """
 import re
+from typing import List, Sequence, Tuple, Union
 
 SINGLE_TEMPLATE = ("a photo of a {}.",)
 
@@ -71,7 +72,7 @@ DOMAIN_SUFFIXES = {
 KNOWN_DOMAINS = tuple(DOMAIN_SUFFIXES)
 
 
-def split_class_name(raw):
+def split_class_name(raw: str) -> Tuple[str, str]:
     """'Thu-dog_Shiba_Dog' -> ('Thu-dog', 'Shiba_Dog'); no known prefix -> ('', raw)."""
     for domain in sorted(KNOWN_DOMAINS, key=len, reverse=True):
         if raw.startswith(domain + "_"):
@@ -79,7 +80,7 @@ def split_class_name(raw):
     return "", raw
 
 
-def clean_class_name(raw):
+def clean_class_name(raw: str) -> str:
     """Readable class name: domain prefix dropped, underscores to spaces.
 
     'Thu-dog_Shiba_Dog' -> 'Shiba Dog', 'Caltech-101_car_side' -> 'car side'.
@@ -88,7 +89,7 @@ def clean_class_name(raw):
     return re.sub(r"\s+", " ", name.replace("_", " ")).strip()
 
 
-def get_templates(templates):
+def get_templates(templates: Union[str, Sequence[str]]) -> List[str]:
     """A template set by name ('single', 'imagenet7', 'imagenet80') or a list."""
     if isinstance(templates, str):
         if templates not in TEMPLATE_SETS:
@@ -101,7 +102,7 @@ def get_templates(templates):
     return templates
 
 
-def with_suffix(template, suffix):
+def with_suffix(template: str, suffix: str) -> str:
     """Replace a template's final '.' with ``suffix`` (', a type of dog.')."""
     if not suffix or suffix == ".":
         return template
@@ -109,8 +110,10 @@ def with_suffix(template, suffix):
     return base + suffix
 
 
-def class_prompts(raw_name, templates="imagenet7", domain_suffix=True):
-    """All prompts for one raw class name ('Food-101_apple_pie')."""
+def class_prompts(raw_name: str, templates: Union[str, Sequence[str]] = "imagenet7",
+                  domain_suffix: bool = True) -> List[str]:
+    """All prompts for one raw class name ('Food-101_apple_pie'): each template
+    filled with the clean name, ending in the domain's suffix when ``domain_suffix``."""
     domain, _ = split_class_name(raw_name)
     name = clean_class_name(raw_name)
     suffix = DOMAIN_SUFFIXES.get(domain, ".") if domain_suffix else "."

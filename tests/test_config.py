@@ -133,8 +133,8 @@ BAD = [
     ("dog_range negative", lambda d: _set(d, "cascade.dog_range", [-1, 5]), [], "cascade.dog_range[0]: -1 is below the minimum 0"),
     ("dog_range into unseen", lambda d: _set(d, "cascade.dog_range", [244, 380]), [], "cascade.dog_range: [244, 380] reaches the unseen classes (cascade.unseen_from is 374)"),
     ("dog_range narrower than topk", lambda d: _set(d, "cascade.dog_range", [244, 246]), [], "cascade.dog_range: [244, 246] holds 3 classes, fewer than cascade.topk (5)"),
-    ("dog_range outside the class list", None, ["cascade.dog_range=[5,12]", "cascade.unseen_from=20"], "cascade.dog_range: [5, 12] is outside the 10 classes of {classes} (ids 0-9)"),
-    ("unseen_from vs the class list", None, ["cascade.dog_range=[2,6]", "cascade.unseen_from=8"], "cascade.unseen_from: 8, but {classes} has 10 classes"),
+    ("dog_range outside the class list", None, ["cascade.dog_range=[5,12]", "cascade.unseen_from=20"], "cascade.dog_range (--set): [5, 12] is outside the 10 classes of {classes} (ids 0-9)"),
+    ("unseen_from vs the class list", None, ["cascade.dog_range=[2,6]", "cascade.unseen_from=8"], "cascade.unseen_from (--set): 8, but {classes} has 10 classes"),
     ("topk below 1", lambda d: _set(d, "cascade.topk", 0), [], "cascade.topk: 0 is below the minimum 1"),
     ("empty sweep list", lambda d: _set(d, "sweep.lpp_epochs", []), [], "sweep.lpp_epochs: the list is empty"),
     ("sweep not a list", lambda d: _set(d, "sweep.inmap_iters", 500), [], "sweep.inmap_iters: expected a list, got 500"),
@@ -148,13 +148,15 @@ BAD = [
     ("backbone without weights", lambda d: _del(d, "backbones.rn.weights"), [], "backbones.rn.weights: missing"),
     ("budget limit_on", lambda d: _set(d, "budget.limit_on", "used"), [], 'budget.limit_on: "used" is not one of'),
     ("tau zero", lambda d: _set(d, "inmap.tau_i", 0), [], "inmap.tau_i: 0 must be greater than 0"),
+    ("set a bad value", None, ["inmap.alpha=1.5"], "inmap.alpha (--set): 1.5 is above the maximum 1"),
+    ("negative gamma", lambda d: _set(d, "inmap.gamma", -1), [], "inmap.gamma: -1 is below the minimum 0"),
     ("set misspelt key", None, ["inmap.tau_T=0.02"], "inmap.tau_T (--set): no such setting; did you mean `tau_t`?"),
     ("set without =", None, ["lpp.epochs"], "--set 'lpp.epochs': expected key=value"),
     ("set below a value", None, ["lpp.epochs.x=1"], "lpp.epochs.x (--set): lpp.epochs is not a section"),
     ("duplicate key", '{"lpp": {"epochs": 3, "epochs": 4}}', [], "epochs: given twice in one object"),
     ("not JSON", '{"lpp": {"epochs": 3,}}', [], "not valid JSON (line 1 column 22"),
     ("not an object", "[1, 2]", [], "expected a JSON object {...}, got a list"),
-    ("bad class list", None, ["data.classes=bad_classes.txt"], "data.classes: {root}/bad_classes.txt"),
+    ("bad class list", None, ["data.classes=bad_classes.txt"], "data.classes (--set): {root}/bad_classes.txt"),
 ]
 
 

@@ -126,8 +126,8 @@ class InMaPSection:
     iters_sinkhorn: int = _meta(min=1)
     tau_t: float = _meta(gt=0)
     tau_i: float = _meta(gt=0)
-    alpha: float
-    gamma: float
+    alpha: float = _meta(min=0, max=1)    # a pseudo-label with max probability over alpha becomes one-hot
+    gamma: float = _meta(min=0)           # exponent of the class-mass estimate (0: uniform)
 
 
 @dataclass(frozen=True)
@@ -250,10 +250,20 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Co
     """
     path = os.path.abspath(os.fspath(path or DEFAULT_CONFIG))
     raw = _read_json(path)
+    given = set()
     for item in overrides:
         key, value = parse_override(item, path)
         _set(raw, key, value, path, " (--set)")
-    return _build(raw, path)
+        given.add(key)
+    try:
+        return _build(raw, path)
+    except ConfigError as e:
+        # a bad value that came from --set is not in the file: say where it came from
+        head, _, rest = str(e).partition(": ")
+        key, sep, what = rest.partition(": ")
+        if head == path and sep and key in given:
+            raise ConfigError(f"{path}: {key} (--set): {what}") from None
+        raise
 
 
 def config_from_dict(d: Mapping[str, Any], path: str = "<configuration>") -> Config:

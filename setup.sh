@@ -2,21 +2,33 @@
 # Sets jclip up in ./.venv: the system oneDNN (Jittor's CPU kernels are ~50x
 # slower without it), the runtime requirements and jclip itself (editable).
 #   bash setup.sh         runtime only
-#   bash setup.sh --dev   also the PyTorch references used by tests and benches
+#   bash setup.sh --dev   also the PyTorch references used by tests and benches, and OpenMPI (mpirun)
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 
-if [ ! -f /usr/include/dnnl.hpp ] && [ ! -f /usr/local/include/dnnl.hpp ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+# apt_install "what" PACKAGES...: install with apt-get where we may (root, or sudo without a password)
+apt_install() {
+  local what="$1"; shift
+  local SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
   if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
-    echo "setup: installing oneDNN (libdnnl-dev)"
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libdnnl-dev \
-      || echo "setup: WARNING: could not install libdnnl-dev; Jittor will run without oneDNN (slow)"
+    echo "setup: installing $what ($*)"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" && return 0
+    echo "setup: WARNING: could not install $*"
   else
-    echo "setup: WARNING: install oneDNN yourself (Debian/Ubuntu: apt-get install libdnnl-dev); without it CPU runs are slow"
+    echo "setup: WARNING: install $what yourself (Debian/Ubuntu: apt-get install $*)"
   fi
+  return 1
+}
+
+if [ ! -f /usr/include/dnnl.hpp ] && [ ! -f /usr/local/include/dnnl.hpp ]; then
+  apt_install "oneDNN" libdnnl-dev || echo "setup: without oneDNN Jittor's CPU kernels are ~50x slower"
+fi
+# --dev: OpenMPI, so the tests can start ranks with mpirun on CPU (Jittor builds
+# its MPI ops when it finds mpicc); jclip itself runs without it
+if [ "${1:-}" = "--dev" ] && ! { command -v mpirun >/dev/null && command -v mpicc >/dev/null; }; then
+  apt_install "OpenMPI" openmpi-bin libopenmpi-dev || echo "setup: without OpenMPI the mpirun tests are skipped"
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -65,12 +65,14 @@ def main():
     p.add_argument("--dir", default=os.path.join(HERE, "out", "pipeline"))
     p.add_argument("--device", default=None)
     p.add_argument("--inmap-iters", type=int, default=None, help="default: the configuration's")
+    p.add_argument("--classes", type=int, default=374, help="seen classes for the prompt-cache "
+                   "comparison (0: skip it); the 29 unseen ones are added")
     a = p.parse_args()
     os.environ.setdefault("log_silent", "1")
     import numpy as np
     import jclip
     import jittor as jt
-    from jclip.pipeline.backbones import encode_files
+    from jclip.pipeline.backbones import Tower, encode_files
     from jclip.pipeline.config import Backbone, load_config
     from jclip.models.load import use_device
     from jclip.heads import InMaP, LPPlusPlus, l2_normalize
@@ -89,12 +91,25 @@ def main():
                      "images_per_s": round(n / seconds, 2)})
         print(f"{stage:34s} {how:22s} {n:5d} images {seconds:8.2f} s {n / seconds:8.2f} img/s", flush=True)
 
+    towers = []
     for name, key in (("ViT-B/32", "vit"), ("RN101", "rn")):
         model, pre = jclip.load(weights[name], device=device)
+        towers.append(Tower(key, model, pre, Backbone(name, weights[name]), jclip.weights_sha256(model)))
         # compile every shape the timed run meets, the last partial batch included
-        encode_files(model, pre, paths, Backbone(name, weights[name]), cfg, "warm-up")
+        encode_files(towers[-1:], paths, cfg, "warm-up")
+    # before: each tower decodes every image itself; after: one decode for both
+    t0 = time.perf_counter()
+    alone = {t.key: encode_files([t], paths, cfg, t.key)[t.key][0] for t in towers}
+    record("encode ViT-B/32 + RN101", len(paths), time.perf_counter() - t0, "before: decode per tower")
+    t0 = time.perf_counter()
+    both = encode_files(towers, paths, cfg, "vit+rn")
+    record("encode ViT-B/32 + RN101", len(paths), time.perf_counter() - t0, "after: decoded once")
+    assert all(np.array_equal(both[k][0], alone[k]) for k in alone), "shared decode changed features"
+    feats = {k: v[0] for k, v in both.items()}
+    for t in towers:
+        model, pre, name = t.model, t.preprocess, t.spec.model
         t0 = time.perf_counter()
-        feats[key], _ = encode_files(model, pre, paths, Backbone(name, weights[name]), cfg, name)
+        encode_files([t], paths, cfg, name)
         record(f"encode {name}", len(paths), time.perf_counter() - t0, f"batch {cfg.batch_size}")
         with jt.no_grad():
             model.encode_image(jt.array(read_image(paths[0], pre)[None])).numpy()  # compile batch 1
@@ -103,18 +118,62 @@ def main():
                 x = read_image(path, pre)[None]
                 model.encode_image(jt.array(x)).numpy()
             record(f"encode {name}", a.ref_n, time.perf_counter() - t0, "one at a time")
-        del model
-        jt.gc()
+
+    if a.classes:
+        # test.sh's prompts after train.sh's: before, the cache was keyed by the class
+        # list (a miss: every prompt again); now per prompt (the unseen classes only)
+        import shutil
+        from jclip.data.lists import read_classes
+        from jclip.pipeline.backbones import text_weights
+        names = read_classes(os.path.join(HERE, "..", "..", "shared", "data", "jittor4", "classes_b.txt"))
+        seen, names = names[:374][:a.classes], names[:a.classes] + names[374:]
+        for t in towers:
+            cache = os.path.join(a.dir, "prompt-cache")
+            shutil.rmtree(cache, ignore_errors=True)
+            pcfg = cfg.with_values({"cache_dir": cache})
+            t0 = time.perf_counter()
+            text_weights(t, names, pcfg)
+            record(f"prompts {t.spec.model} ({len(names)} cls)", len(names), time.perf_counter() - t0,
+                   "before: list missed")
+            shutil.rmtree(cache)
+            text_weights(t, seen, pcfg)                       # what train.sh leaves in the cache
+            t0 = time.perf_counter()
+            text_weights(t, names, pcfg)
+            record(f"prompts {t.spec.model} ({len(names)} cls)", len(names), time.perf_counter() - t0,
+                   "after: seen from cache")
+    del towers, model
+    jt.gc()
 
     icfg = dataclasses.asdict(cfg.inmap)
     if a.inmap_iters:
         icfg["iters"] = a.inmap_iters
     rng = np.random.default_rng(0)
+    import jclip.heads.inmap as inmap_mod
+    step, steps = inmap_mod.proxy_step, []
+
+    def every_step(x, t):
+        """The loop before the early stop: all iterations, whatever the proxies do."""
+        x, t = x.astype(np.float32), t.astype(np.float32)
+        plabel = inmap_mod.sinkhorn(x @ t.T, icfg["tau_t"], icfg["gamma"], icfg["iters_sinkhorn"])
+        target = inmap_mod.harden(plabel, icfg["alpha"]).T.astype(x.dtype) @ x
+        p, lr, g = t.copy(), icfg["lr"], np.inf
+        for _ in range(icfg["iters"]):
+            p, lr, g = step(x, p, target, lr, icfg["tau_i"], g)
+        return p
+
+    texts = {key: l2_normalize(rng.normal(size=(403, 512)).astype(np.float32)) for key in feats}
+    t0 = time.perf_counter()
+    before = {key: every_step(feats[key], texts[key]) for key in feats}
+    record(f"InMaP x2 ({icfg['iters']} iters, 403 cls)", len(paths), time.perf_counter() - t0,
+           f"before: every step ({2 * icfg['iters']})")
+    inmap_mod.proxy_step = lambda *r: (steps.append(1), step(*r))[1]
     t0 = time.perf_counter()
     for key in feats:
-        t = l2_normalize(rng.normal(size=(403, 512)).astype(np.float32))
-        InMaP(**icfg).fit(feats[key], t).logits(feats[key])
-    record(f"InMaP x2 ({icfg['iters']} iters, 403 cls)", len(paths), time.perf_counter() - t0, "all at once")
+        head = InMaP(text_weights=texts[key], **icfg).fit(feats[key])
+        assert head.proxies_.tobytes() == before[key].tobytes(), "early stop changed InMaP"
+    record(f"InMaP x2 ({icfg['iters']} iters, 403 cls)", len(paths), time.perf_counter() - t0,
+           f"after: fixed point ({len(steps)} steps)")
+    inmap_mod.proxy_step = step
     spent = 0.0
     for key in feats:
         x = l2_normalize(rng.normal(size=(1496, 512)).astype(np.float32))

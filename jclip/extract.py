@@ -178,6 +178,7 @@ def extract(model_name: str, images: str, out: str, shard_size: int = 4096, dtyp
     if distributed.is_root() and len(todo) < n_shards:
         print(f"{out}: {n_shards - len(todo)} of {n_shards} shards already done; resuming", flush=True)
     unreadable: Dict[str, str] = {}
+    t_enc = time.time()
     for r in range(rounds):
         part = b""
         if r < len(mine):
@@ -205,12 +206,14 @@ def extract(model_name: str, images: str, out: str, shard_size: int = 4096, dtyp
     bar.close()
     if not distributed.is_root():
         return {}
-    seconds = time.time() - t0
+    seconds, encoding = time.time() - t0, time.time() - t_enc
     encoded = sum(spans[i][2] - spans[i][1] for i in todo)
     print(f"{out}: {len(paths)} images in {n_shards} shards ({encoded} encoded now, "
-          f"{len(unreadable)} unreadable) in {seconds:.1f} s", flush=True)
+          f"{len(unreadable)} unreadable) in {seconds:.1f} s; encoding {encoding:.1f} s, "
+          f"{encoded / max(encoding, 1e-9):.1f} images/s on {distributed.world_size()} rank(s)", flush=True)
     return {"images": len(paths), "shards": n_shards, "encoded": encoded,
-            "skipped": n_shards - len(todo), "unreadable": sorted(unreadable), "seconds": seconds}
+            "skipped": n_shards - len(todo), "unreadable": sorted(unreadable), "seconds": seconds,
+            "encoding_s": encoding}
 
 
 @dataclass

@@ -246,6 +246,25 @@ def test_two_ranks_write_the_same_result(pipeline, mpirun, tmp_path):
     assert not list(tmp_path.glob("**/.tmp-*"))
 
 
+def test_test_sh_takes_features_from_jclip_extract(pipeline, tmp_path):
+    """--features vit=DIR: the ViT rows come from jclip.extract's folder (same
+    weights, same batch size) instead of encoding; the same result.txt.
+    A folder of other weights is refused before anything is written."""
+    work = pipeline["work"]
+    feats = tmp_path / "vit"
+    run(PY, "-m", "jclip.extract", "--model", str(work / "weights" / "vit.pkl"), "--images",
+        str(pipeline["data"] / "TestSetB"), "--out", str(feats), "--batch-size", "16", "--shard-size", "16", cwd=REPO)
+    result = tmp_path / "result.txt"
+    r = run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(pipeline["config"]),
+            "--result", str(result), "--features", f"vit={feats}", "--set", f"cache_dir={tmp_path / 'c'}", cwd=REPO)
+    assert f"vit: 29 images from {feats}" in r.stdout and "rn: 28 of 29 images encoded" in r.stdout
+    assert result.read_bytes() == pipeline["first"]
+    r = run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(pipeline["config"]),
+            "--result", str(tmp_path / "other.txt"), "--features", f"rn={feats}", cwd=REPO, ok=False)
+    assert r.returncode == 1 and "features of other weights than backbone rn" in r.stderr
+    assert not (tmp_path / "other.txt").exists()
+
+
 def test_test_sh_reuses_train_sh_prompts(pipeline):
     """Prompt features are cached per prompt: test.sh encodes only the unseen
     classes' prompts (train.sh encoded the seen ones), and the file is the same

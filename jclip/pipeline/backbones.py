@@ -198,11 +198,10 @@ def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[st
 
     encoded = []
 
-    def run(encoder):
-        def counted(texts):
+    def run(sharded_encoder):
+        def encoder(texts):
             encoded.append(len(texts))
-            return encoder(texts)
-        encoder = counted
+            return sharded_encoder(texts)
         if cfg.cache_dir:
             # whole classes per chunk; under mpirun one chunk, split over the ranks
             chunk = per * max(1, TEXT_BATCH // per) if distributed.world_size() == 1 else max(1, total)
@@ -261,7 +260,8 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
                      device: Optional[str], name_lists: Sequence[Sequence[str]] = (),
                      trained_sha256: Optional[Dict[str, str]] = None,
                      times: Optional[Dict[str, float]] = None,
-                     templates: Optional[Sequence[str]] = None) -> Encoded:
+                     templates: Optional[Sequence[str]] = None,
+                     features: Optional[Dict[str, str]] = None) -> Encoded:
     """Per CLIP backbone: features of the images in ``path_groups`` (lists of
     paths, concatenated) and class weights of each name list with each template
     set of ``templates`` (default the configuration's).
@@ -272,7 +272,9 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
 
     Parameters: cfg: the configuration; keys: backbone keys; device: None |
     'cpu' | 'cuda'; trained_sha256: {key: SHA-256 its heads were trained on},
-    checked before encoding; times: step times are recorded there.
+    checked before encoding; times: step times are recorded there;
+    features: {key: folder of ``jclip.extract``} whose rows replace encoding
+    (the folder must hold every image, from the same weights and preprocessing).
     Returns: an ``Encoded`` (empty on ranks other than 0).  Each unreadable
     image is warned about once.
     """
@@ -282,10 +284,17 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
     errors: Dict[str, str] = {}
     loaded = load_towers(cfg, keys, device, trained_sha256, times)
     out.sha256.update({t.key: t.sha256 for t in loaded})
+    given = {t.key: t for t in loaded if t.key in (features or {})}
+    for key, t in given.items():
+        with step(f"{key}: {n} images from {features[key]}", times):
+            if distributed.is_root():
+                out.features[key], ok = precomputed(t, features[key], [p for g in path_groups for p in g])
+                out.readable &= ok
     # towers with one preprocessing share each image's decode
     groups: Dict[str, List[Tower]] = {}
     for t in loaded:
-        groups.setdefault(t.preprocess.id, []).append(t)
+        if t.key not in given:
+            groups.setdefault(t.preprocess.id, []).append(t)
     for towers in groups.values():
         group = [t.key for t in towers]
         with step(f"{' + '.join(group)}: encode {n} images" + (" (decoded once)" if len(towers) > 1 else ""),
@@ -313,6 +322,19 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
         print(f"warning: {paths[i]}: unreadable image" + (f" ({why.split(': ', 1)[-1]})" if why else ""),
               file=sys.stderr)
     return out
+
+
+def precomputed(tower: Tower, folder: str, paths: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """(features, readable) of ``paths`` from a ``jclip.extract`` folder, refused
+    (FeaturesError naming the folder) unless it holds them from ``tower``'s
+    weights and preprocessing."""
+    from ..extract import FeaturesError, load_features
+    f = load_features(folder)
+    for what, want in (("weights_sha256", tower.sha256), ("preprocess_id", tower.preprocess.id)):
+        if f.index.get(what) != want:
+            raise FeaturesError(f"{folder}: features of other {what.split('_')[0]} than backbone "
+                                f"{tower.key} ({str(f.index.get(what))[:16]} vs {want[:16]})")
+    return f.rows(paths)
 
 
 def relative_to(root: str, items: Sequence[Tuple[str, int]]) -> List[str]:

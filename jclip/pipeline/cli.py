@@ -9,7 +9,7 @@ encoding over N ranks (``jclip.distributed``); the files are the same.
 """
 import argparse
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .. import distributed
 from ..data.contest import ContestFormatError
@@ -21,6 +21,24 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="configuration JSON (default: the shipped one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set lpp.epochs=100 (repeatable)")
+
+
+def add_features_argument(parser: argparse.ArgumentParser) -> None:
+    """--features KEY=DIR: a backbone's image features from ``python -m jclip.extract``."""
+    parser.add_argument("--features", action="append", default=[], metavar="KEY=DIR",
+                        help="use the features jclip.extract wrote in DIR for backbone KEY "
+                             "(e.g. vit=out/features_vit) instead of encoding (repeatable)")
+
+
+def features_of(args: argparse.Namespace) -> Dict[str, str]:
+    """{backbone key: folder} of --features; exits 2 on a malformed value."""
+    out = {}
+    for item in args.features:
+        key, sep, folder = item.partition("=")
+        if not sep or not key or not folder:
+            sys.exit(f"error: --features {item!r}: expected KEY=DIR (e.g. vit=out/features_vit)")
+        out[key] = folder
+    return out
 
 
 def run(command, args: argparse.Namespace) -> None:
@@ -48,11 +66,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             s.add_argument("--images", help="test folder (default DATA_ROOT/TestSetB)")
             s.add_argument("--classes", help="class list (default DATA_ROOT/classes_b.txt)")
             s.add_argument("--result", default="result.txt", help="output file")
+            add_features_argument(s)
     a = p.parse_args(argv)
     if a.cmd == "train":
         run(train, a)
     else:
-        run(lambda cfg: test(cfg, a.images, a.classes, a.result), a)
+        run(lambda cfg: test(cfg, a.images, a.classes, a.result, features_of(a)), a)
 
 
 if __name__ == "__main__":

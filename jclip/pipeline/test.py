@@ -27,9 +27,11 @@ def write_result(path: str, rows, folder: str, num_classes: int, k: int) -> None
 
 
 def test(cfg, images: Optional[str] = None, classes: Optional[str] = None,
-         result: str = "result.txt") -> Dict[str, Any]:
+         result: str = "result.txt", features: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Write ``result`` for the test folder ``images`` over the class list ``classes``
-    (defaults from the ``data`` section); returns counts per stage and times."""
+    (defaults from the ``data`` section); ``features`` {backbone key: folder of
+    ``jclip.extract``} replaces that backbone's encoding.  Returns counts per
+    stage and times."""
     import jclip  # noqa: F401
     from ..models.load import use_device
 
@@ -53,7 +55,8 @@ def test(cfg, images: Optional[str] = None, classes: Optional[str] = None,
 
     backbones = sorted(set(casc.inmap_mix) | set(casc.lpp_mix))
     enc = encode_backbones(cfg, backbones, [paths], device, [names],
-                           manifest_file.trained_backbones(manifest, casc.lpp_mix), times)
+                           manifest_file.trained_backbones(manifest, casc.lpp_mix), times,
+                           features=features)
     if not distributed.is_root():
         return {}       # under mpirun: this rank's shard is encoded; rank 0 does the rest
     good = enc.readable

@@ -18,7 +18,7 @@ import argparse
 import os
 from typing import List, Optional
 
-from ..pipeline.cli import add_config_arguments, run
+from ..pipeline.cli import add_config_arguments, add_features_argument, features_of, run
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -34,6 +34,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         s.add_argument("--holdout", type=int, help="classes held out as unseen (default: as many as "
                        "the test set's unseen classes, at most half the non-dog classes)")
         s.add_argument("--per-class", type=int, help="at most this many validation images per class")
+        add_features_argument(s)
         if name == "sweep":
             s.add_argument("--write", help="tuned configuration to write (default OUT_DIR/tuned.json)")
     a = p.parse_args(argv)
@@ -41,10 +42,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     def command(cfg):
         out = a.out or os.path.join(cfg.out_dir, "val_report" if a.cmd == "report" else "val_sweep")
         if a.cmd == "report":
-            report(cfg, out, a.holdout, a.seed, a.per_class)
+            report(cfg, out, a.holdout, a.seed, a.per_class, features_of(a))
         else:
             sweep(cfg, out, a.write or os.path.join(cfg.out_dir, "tuned.json"),
-                  a.holdout, a.seed, a.per_class)
+                  a.holdout, a.seed, a.per_class, features_of(a))
     run(command, a)
 
 

@@ -134,11 +134,13 @@ def read_lists(cfg, per_class_limit: Optional[int] = None) -> ValLists:
                     shots=shots, selection=lpp_sel, items=items)
 
 
-def encode(lists: ValLists, templates: Sequence[str] = (), note: str = "") -> ValData:
+def encode(lists: ValLists, templates: Sequence[str] = (), note: str = "",
+           features: Optional[Dict[str, str]] = None) -> ValData:
     """Features of the lists' images and class weights, each once per backbone.
 
     Parameters: lists: from read_lists; templates: template sets to build class
-    weights for besides the configuration's; note: added to the opening line.
+    weights for besides the configuration's; note: added to the opening line;
+    features: {backbone key: folder of ``jclip.extract``} used instead of encoding.
     Returns: a ValData.
     """
     import jclip  # noqa: F401  (Jittor defaults before jittor)
@@ -158,7 +160,7 @@ def encode(lists: ValLists, templates: Sequence[str] = (), note: str = "") -> Va
     enc = encode_backbones(cfg, backbones, [relative_to(root, shots + lpp_sel), relative_to(root, items)],
                            device, name_lists,
                            manifest_file.trained_backbones(lists.manifest, casc.lpp_mix),
-                           times, template_sets)
+                           times, template_sets, features)
     if not distributed.is_root():
         raise distributed.Done()    # under mpirun: this rank's shard is encoded; rank 0 does the rest
     n_s, n_l = len(shots), len(lpp_sel)

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from typing import Optional
+from typing import Dict, Optional
 
 
 from ..io import atomic_write_text
@@ -65,24 +65,26 @@ def mix_curve(run, p, which, weights):
 # report
 # --------------------------------------------------------------------------
 
-def prepare(cfg, holdout: Optional[int], seed: int, per_class_limit: Optional[int], templates=()):
+def prepare(cfg, holdout: Optional[int], seed: int, per_class_limit: Optional[int], templates=(),
+            features: Optional[Dict[str, str]] = None):
     """(ValData, Holdout, Simulated): lists read and checked, held-out classes drawn
     (both before any model is loaded), features encoded, the dog head's answers
     for the dog images computed once."""
     lists = read_lists(cfg, per_class_limit)
     h = choose_holdout(lists, holdout, seed)
-    d = encode(lists, templates, note=f"; {len(h.classes)} classes held out as unseen (seed {h.seed})")
+    d = encode(lists, templates, note=f"; {len(h.classes)} classes held out as unseen (seed {h.seed})",
+               features=features)
     with step("dog head on the validation dog images", d.times):
         d.dog_head.topk([a for a, y in zip(d.eval_abs, d.eval.y) if d.dog_truth[y]])
     return d, h, Simulated(d, h)
 
 
 def report(cfg, out: str, holdout: Optional[int] = None, seed: int = 1,
-           per_class_limit: Optional[int] = None) -> dict:
+           per_class_limit: Optional[int] = None, features: Optional[Dict[str, str]] = None) -> dict:
     """Measure both setups and write the report into ``out``; returns the summary."""
     from ..plot import bar_plot, heatmap_plot, line_plot
     t0 = time.time()
-    d, h, sim = prepare(cfg, holdout, seed, per_class_limit)
+    d, h, sim = prepare(cfg, holdout, seed, per_class_limit, features=features)
     p = params_of(cfg)
     casc = cfg.cascade
     x, y = d.eval.x, d.eval.y

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Optional
+from typing import Dict, Optional
 
 from ..io import atomic_write_text
 from ..pipeline.backbones import step
@@ -28,14 +28,14 @@ def sweep_grid(cfg: Config) -> dict:
 
 
 def sweep(cfg, out: str, write: str, holdout: Optional[int] = None, seed: int = 1,
-          per_class_limit: Optional[int] = None) -> dict:
+          per_class_limit: Optional[int] = None, features: Optional[Dict[str, str]] = None) -> dict:
     """Tune the cascade on the simulated setup; write ``out`` and the tuned
     configuration ``write``; returns the sweep's summary."""
     from ..plot import bar_plot, line_plot
     t0 = time.time()
     grid = sweep_grid(cfg)
     p0 = params_of(cfg)
-    d, h, sim = prepare(cfg, holdout, seed, per_class_limit, templates=grid["templates"])
+    d, h, sim = prepare(cfg, holdout, seed, per_class_limit, templates=grid["templates"], features=features)
     iters_all = sorted({int(i) for i in grid["inmap_iters"]} | {p0["iters"]})
     trials = []
 

@@ -11,7 +11,7 @@ which ``build_model`` takes from the model card named in the file's meta or
 from ``arch``.  Everything runs batch-first in fp32.
 """
 from collections import OrderedDict
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import jittor as jt
@@ -405,7 +405,9 @@ def architecture_for(meta: Optional[Mapping[str, Any]]) -> Optional[ClipArch]:
     return card.architecture if card is not None else None
 
 
-def build_model(state_dict, source="state dict", arch=None, meta=None):
+def build_model(state_dict: Mapping[str, Any], source: str = "state dict",
+                arch: Union[ClipArch, str, None] = None,
+                meta: Optional[Mapping[str, Any]] = None) -> "CLIP":
     """A CLIP in eval mode with ``state_dict``'s sizes and weights (fp32).
 
     Parameters: ``state_dict`` name -> array (OpenAI's key names, which

@@ -104,6 +104,8 @@ for job in jobs:
         assert r.returncode == 0, r.stderr
         model, pre = jclip.load(job["name"], device="cpu", weights=weights)
         assert model.architecture.name == job["name"].split("/")[0]
+        card = jclip.models.registry.get_card(job["name"])   # the tag's own preprocessing
+        assert (pre.mean.ravel().tolist(), pre.resize_mode) == (np.float32(card.mean).tolist(), card.resize_mode)
     else:
         arch = oc._arch_from_dict(job["arch_name"], job["arch"])
         sd, meta = read_state_dict(job["file"])

@@ -386,6 +386,8 @@ def test_convert_downloads_from_the_hub_and_checks_its_hash(tmp_path, fake_hub, 
     assert meta["model"] == name and meta["source_sha256"] == sha
     r = run_convert("--models", name, "--src", src, "--out-dir", out)
     assert r.returncode == 0 and "up to date" in r.stdout
+    r = run_convert("--models", "coca_ViT-B-32/laion2b_s13b_b90k", "--src", src, "--out-dir", out)
+    assert r.returncode == 1 and "coca_ViT-B-32 is not one jclip builds: CoCa" in r.stderr
 
 
 @pytest.mark.parametrize("published", ["mismatch", "sha1-etag"])

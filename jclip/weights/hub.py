@@ -18,6 +18,7 @@ import urllib.request
 from typing import Callable, Optional, Tuple
 
 from ..io import sha256_file
+from ..models.open_clip import unbuildable_reason
 from ..models.registry import HUB_FILES, ModelCard, open_clip_card
 from . import download as dl
 from .checkpoint import CheckpointError, convert_checkpoint, is_up_to_date, read_meta, sniff_format
@@ -132,6 +133,12 @@ def fetch(card: ModelCard, src_dir: str, progress: bool = True, timeout: float =
                            f"{', '.join(HUB_FILES)} (at {endpoint()})")
 
 
+def handles(name: str) -> bool:
+    """True for an open_clip name: one jclip knows, or one whose architecture
+    it refuses (``convert_model`` then says why)."""
+    return open_clip_card(name) is not None or unbuildable_reason(name) is not None
+
+
 def convert_model(name: str, src_dir: str, out_dir: str, dtype: str, force: bool = False,
                   allow_download: bool = True, progress: bool = True, log: Callable[..., None] = print,
                   fmt: str = "safetensors", timeout: float = dl.STALL_TIMEOUT,
@@ -142,7 +149,7 @@ def convert_model(name: str, src_dir: str, out_dir: str, dtype: str, force: bool
     CheckpointError (DownloadError) naming the file otherwise."""
     card = open_clip_card(name)
     if card is None:
-        raise CheckpointError(f"{name}: not an open_clip model jclip knows")
+        raise CheckpointError(unbuildable_reason(name) or f"{name}: not an open_clip model jclip knows")
     out = os.path.join(out_dir, card.weights_filename(fmt))
     src = local_source(card, src_dir)
     if src is None:

@@ -14,7 +14,6 @@ import sys
 
 from jclip.io import sha256_file
 from jclip.weights import download as dl, hub
-from jclip.models.registry import open_clip_card
 from jclip.weights.checkpoint import FORMATS, CheckpointError, convert_checkpoint, \
     format_for_path, is_up_to_date, read_meta, sniff_format
 
@@ -49,7 +48,7 @@ def convert_model(name, src_dir, out_dir, dtype, force=False,
     """Make out_dir/<weights> for a named model, fetching the original into
     src_dir first when it is missing.  The original is checked against the
     model card's published SHA-256 whatever URL it comes from."""
-    if open_clip_card(name) is not None:   # open_clip's: the hash is the hub's (weights/hub.py)
+    if hub.handles(name):   # open_clip's: the hash is the hub's (weights/hub.py)
         return hub.convert_model(name, src_dir, out_dir, dtype, force, allow_download, progress,
                                  log, fmt, timeout, max_time)
     try:

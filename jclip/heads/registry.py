@@ -5,8 +5,8 @@
     head = spec.cls(text_weights=t, epochs=300).fit(x, y, vx, vy)
 
 Defaults live only in the classes' signatures (``spec.defaults()`` reads
-them).  CoOp and CoCoOp need Jittor; their classes are imported on first use
-of ``spec.cls``, so importing ``jclip.heads`` stays numpy-only.
+them).  CoOp, CoCoOp and clip_finetune (``jclip.finetune.contrastive``) need
+Jittor; their classes are imported on first use of ``spec.cls``, so importing ``jclip.heads`` stays numpy-only.
 """
 import importlib
 import inspect
@@ -36,6 +36,7 @@ class HeadSpec:
     class_name: str
     needs_text: bool = False
     needs_model: bool = False
+    needs_images: bool = False
     transductive: bool = False
     transfers: bool = False
     no_val_params: Mapping[str, Any] = field(default_factory=dict)
@@ -71,6 +72,8 @@ HEADS: Dict[str, HeadSpec] = {s.name: s for s in (
     HeadSpec("inmap", "InMaP", ".inmap", "InMaP", needs_text=True, transductive=True),
     HeadSpec("coop", "CoOp", ".coop", "CoOp", needs_model=True, transfers=True),
     HeadSpec("cocoop", "CoCoOp", ".coop", "CoCoOp", needs_model=True, transfers=True),
+    HeadSpec("clip_finetune", "CLIP fine-tune", "..finetune.contrastive", "ClipFinetune",
+             needs_model=True, needs_images=True, transfers=True),
 )}
 
 

@@ -452,7 +452,7 @@ class ClipFinetune(Head):
         state = self.model.state_dict()
         head = json.loads(meta["head"])
         self._from_file(head, arrays, path)
-        self.class_names_ = list(self.class_names_)
+        self.class_names_, self.history_ = list(self.class_names_), list(self.history_)
         for k, v in self.params_.items():
             if k not in state or tuple(state[k].shape) != v.shape:
                 raise ValueError(f"{path}: parameter {k} {v.shape} does not fit this model")

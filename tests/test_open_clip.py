@@ -250,16 +250,16 @@ def test_names_resolve_and_unbuilt_architectures_are_refused(tmp_path):
 
 def test_scaled_parity_large_and_huge(tmp_path):
     # ViT-L-14 and ViT-H-14 (GELU; H's head width 80) and H's QuickGELU
-    # variant, scaled down; plus open_clip's pooling options jclip builds
+    # variant, scaled down (2 layers, 112 px: an 8 x 8 grid of 14-px patches); plus open_clip's pooling options jclip builds
     # (no ln_pre, mean pooling with ln_post after it, last-token text pooling).
     knobs = scaled("ViT-B-32", image_size=64)
     knobs["vision_cfg"].update(no_ln_pre=True, pool_type="avg", final_ln_after_pool=True)
     knobs["text_cfg"]["pool_type"] = "last"
     avg = scaled("ViT-B-32", image_size=64)
     avg["vision_cfg"]["pool_type"] = "avg"
-    check_archs(tmp_path, [("ViT-L-14", scaled("ViT-L-14"), None, None),
-                           ("ViT-H-14", scaled("ViT-H-14"), None, None),
-                           ("ViT-H-14-quickgelu", scaled("ViT-H-14-quickgelu"), None, None),
+    check_archs(tmp_path, [("ViT-L-14", scaled("ViT-L-14", image_size=112), None, None),
+                           ("ViT-H-14", scaled("ViT-H-14", image_size=112), None, None),
+                           ("ViT-H-14-quickgelu", scaled("ViT-H-14-quickgelu", image_size=112), None, None),
                            ("knobs", knobs, None, None), ("avg", avg, None, None)])
 
 

@@ -6,7 +6,7 @@ class ids already ranked best first (an integer (N, k') array, e.g. from
 ``topk_ids`` or a cascade).  Ties among equal scores go to the lower class id,
 the same rule as ``numpy.argmax``.
 """
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -85,3 +85,15 @@ def accuracies(logits_or_ids: np.ndarray, labels: np.ndarray, ks: Sequence[int] 
         acc = topk_accuracy(logits_or_ids, labels, k) * (100.0 if percent else 1.0)
         out[f"top{k}"] = acc if ndigits is None else round(acc, ndigits)
     return out
+
+
+def mean_ci95(values: Sequence[float]) -> Tuple[float, float]:
+    """(mean, half-width of the 95% interval) of per-episode / per-seed
+    accuracies: 1.96 x sample std / sqrt(n), as few-shot papers report
+    (0 for a single value; NaN for none)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    if v.size == 1:
+        return float(v[0]), 0.0
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(v.size))

@@ -9,6 +9,12 @@ test split is held out), or ``--train`` and ``--test``, each a folder like
 ROOT or a text file of ``path label`` lines (relative paths are read from the
 list's folder; labels are class names, or integers named by ``--class-names``).
 
+Class-disjoint splits (multi-task episodic CoCoOp/CoOp, scored on unseen
+classes): ``--train-classes DIR --test-classes DIR [--val-classes DIR]``, or
+``--data ROOT`` where ROOT holds ``train/ [val/] test/`` class folders (as
+tiered-ImageNet ships); ``--episode 5-way 1-shot``, ``--eval-way all``,
+``--support K``.
+
 Image and prompt features are cached (jclip.features), so a second run with
 other methods or seeds encodes nothing.  Hyper-parameters left unset take the
 head classes' defaults (jclip.heads; CoOp: 50 epochs, batch 32; CoCoOp: 10
@@ -19,9 +25,9 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from .datasets import DatasetError, load_dataset
+from .datasets import DatasetError, load_class_splits, load_dataset, split_root
 from .report import format_table, write_csv, write_plot, write_run_record
-from .study import METHODS, run_study
+from .study import DEFAULT_METHODS, METHODS, run_study
 
 PROMPT_LEARNERS = ("coop", "cocoop")
 
@@ -37,12 +43,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     src.add_argument("--test-fraction", type=float, default=0.5,
                      help="share of each class held out as test with --data (default 0.5)")
     src.add_argument("--class-names", help="file with one class name per line (integer labels index it)")
+    src.add_argument("--train-classes", help="class-disjoint splits: the training classes (folder or list)")
+    src.add_argument("--val-classes", help="the validation classes (choose the epoch)")
+    src.add_argument("--test-classes", help="the held-out test classes")
+    ep = p.add_argument_group("episodic (with class-disjoint splits)")
+    ep.add_argument("--episode", nargs="+", default=["5-way", "1-shot"],
+                    help="training task, 'N-way K-shot' (default 5-way 1-shot)")
+    ep.add_argument("--episodes-per-epoch", type=int, help="tasks per epoch (default: the class's 100)")
+    ep.add_argument("--eval-way", default="all", help="'all' (every test class) or N classes per episode")
+    ep.add_argument("--support", type=int, default=1, help="K support images per class (nearest centroid)")
+    ep.add_argument("--query", default="all", help="query images per class per episode, or 'all' the rest")
+    ep.add_argument("--eval-episodes", type=int, default=5, help="evaluation episodes per seed")
+    ep.add_argument("--val-per-class", type=int, default=10, help="val images per class for choosing the epoch")
     p.add_argument("--model", required=True, help="CLIP name (ViT-B/32, ...) or weights file")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--templates", default="imagenet7", help="single, imagenet7 or imagenet80")
+    p.add_argument("--methods", nargs="+", choices=METHODS,
+                   help=f"default: {' '.join(DEFAULT_METHODS)} (episodic: cocoop)")
+    p.add_argument("--templates", help="single, imagenet7 or imagenet80 (default imagenet7; episodic: single)")
     p.add_argument("--base-to-new", action="store_true",
                    help="train on the first half of the classes, report base, new and H")
     pl = p.add_argument_group("CoOp / CoCoOp (unset: the class default)")
@@ -54,6 +73,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     pl.add_argument("--n-ctx", type=int, help="context length with random init")
     pl.add_argument("--class-specific", action="store_true", help="CoOp: one context per class")
     pl.add_argument("--position", choices=("end", "middle", "front"), help="where the class tokens go")
+    ft = p.add_argument_group("clip_finetune (unset: the class default)")
+    ft.add_argument("--finetune-trainable", help="proj (default), last_blocks=N or all")
+    ft.add_argument("--finetune-epochs", type=int)
+    ft.add_argument("--finetune-lr", type=float)
+    ft.add_argument("--finetune-batch-size", type=int)
+    ft.add_argument("--finetune-image-only", action="store_true", help="keep the text tower frozen")
     p.add_argument("--output", default="fewshot_results",
                    help="folder for results.csv, accuracy.png, run.json, prompts/")
     p.add_argument("--cache", default=os.path.join("cache", "features"))
@@ -62,6 +87,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.shots) < 1:
         p.error("--shots must be positive")
+    for flag in ("eval_way", "query"):
+        value = getattr(args, flag)
+        if value != "all" and not (value.isdigit() and int(value) > 0):
+            p.error(f"--{flag.replace('_', '-')} must be 'all' or a positive integer, not {value!r}")
     return args
 
 
@@ -72,6 +101,12 @@ def method_params(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     params = {m: dict(shared, epochs=getattr(args, f"{m}_epochs"),
                       batch_size=getattr(args, f"{m}_batch_size")) for m in PROMPT_LEARNERS}
     params["coop"]["class_specific"] = args.class_specific
+    for m in PROMPT_LEARNERS:
+        params[m]["episodes_per_epoch"] = args.episodes_per_epoch
+    params["clip_finetune"] = dict(trainable=args.finetune_trainable, epochs=args.finetune_epochs,
+                                   lr=args.finetune_lr, batch_size=args.finetune_batch_size,
+                                   train_text=False if args.finetune_image_only else None,
+                                   progress=not args.no_progress)
     return params
 
 
@@ -85,20 +120,28 @@ def resolved(params: Dict[str, Dict[str, Any]], methods: List[str]) -> Dict[str,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the study; returns the exit status (2: bad dataset or model)."""
     args = parse_args(argv)
+    splits_given = args.train_classes or args.test_classes or args.val_classes
+    roots = split_root(args.data) if args.data and not (args.train or args.test) else None
     try:
+        if splits_given or roots:
+            if splits_given and (args.data or args.train or args.test):
+                raise DatasetError("give --train-classes/--test-classes, or --data/--train/--test, not both")
+            if splits_given and not (args.train_classes and args.test_classes):
+                raise DatasetError("class-disjoint splits need both --train-classes and --test-classes")
+            roots = roots or dict(train=args.train_classes, test=args.test_classes, val=args.val_classes)
+            return run_episodic_cli(args, load_class_splits(roots["train"], roots["test"], roots.get("val")))
         ds = load_dataset(args.data, args.train, args.test, args.test_fraction, args.class_names)
     except (DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"dataset: {ds.describe()}")
-    from .backbone import Backbone
-    try:
-        backbone = Backbone(args.model, args.cache, args.device, args.batch_size, not args.no_progress)
-    except (OSError, ValueError) as e:     # unknown name, missing or foreign weights file
-        print(f"error: {e}", file=sys.stderr)
+    backbone = open_backbone(args)
+    if backbone is None:
         return 2
+    methods = args.methods or list(DEFAULT_METHODS)
+    templates = args.templates or "imagenet7"
     params = method_params(args)
-    rows = run_study(ds, backbone, args.methods, args.shots, args.seeds, args.templates,
+    rows = run_study(ds, backbone, methods, args.shots, args.seeds, templates,
                      args.base_to_new, params, save_dir=os.path.join(args.output, "prompts"))
     print()
     print(format_table(rows))
@@ -106,7 +149,60 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     png_path = write_plot(os.path.join(args.output, "accuracy.png"), rows,
                           f"{backbone.name}: {'base-to-new' if args.base_to_new else 'few-shot'} accuracy")
     write_run_record(os.path.join(args.output, "run.json"),
-                     dict(vars(args), hyper_parameters=resolved(params, args.methods),
+                     dict(vars(args), methods=methods, templates=templates,
+                          hyper_parameters=resolved(params, methods),
                           backbone=backbone.name, backbone_sha256=backbone.sha, dataset=ds.describe()))
     print(f"\nwrote {csv_path}, {png_path}")
+    return 0
+
+
+def open_backbone(args: argparse.Namespace):
+    """The Backbone, or None after printing the error (unknown name, missing
+    or foreign weights file)."""
+    from .backbone import Backbone
+    try:
+        return Backbone(args.model, args.cache, args.device, args.batch_size, not args.no_progress)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def run_episodic_cli(args: argparse.Namespace, splits) -> int:
+    """Multi-task episodic training and held-out evaluation (--train-classes ...)."""
+    from ..heads.episodes import parse_episode
+    from .episodic import EPISODIC_METHODS, format_episodic, run_episodic
+    try:
+        episode = parse_episode(" ".join(args.episode))
+    except ValueError as e:
+        print(f"error: --episode: {e}", file=sys.stderr)
+        return 2
+    methods = args.methods or ["cocoop"]
+    bad = [m for m in methods if m not in EPISODIC_METHODS]
+    if bad:
+        print(f"error: episodic training supports --methods {' '.join(EPISODIC_METHODS)}, not "
+              f"{' '.join(bad)}", file=sys.stderr)
+        return 2
+    print(f"dataset: {splits.describe()}")
+    backbone = open_backbone(args)
+    if backbone is None:
+        return 2
+    templates = args.templates or "single"
+    params = method_params(args)
+    way = None if args.eval_way == "all" else int(args.eval_way)
+    query = None if args.query == "all" else int(args.query)
+    try:
+        rows = run_episodic(splits, backbone, methods, args.seeds, episode, way, args.support, query,
+                            args.eval_episodes, args.val_per_class, templates, params,
+                            save_dir=os.path.join(args.output, "prompts"))
+    except ValueError as e:             # too few classes or images for the episodes asked for
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(format_episodic(rows))
+    csv_path = write_csv(os.path.join(args.output, "episodic.csv"), rows)
+    write_run_record(os.path.join(args.output, "run.json"),
+                     dict(vars(args), methods=methods, templates=templates, episode=list(episode),
+                          hyper_parameters=resolved(params, methods), backbone=backbone.name,
+                          backbone_sha256=backbone.sha, dataset=splits.describe()))
+    print(f"\nwrote {csv_path}")
     return 0

@@ -10,7 +10,7 @@ test split, and seeded nested shots with a validation split.
 """
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -184,3 +184,68 @@ def sample_shots(labels: np.ndarray, shots: int, seed: int, val_per_class: int =
         train.append(idx[:shots])
         val.append(idx[shots:shots + min(shots, val_per_class)])
     return np.concatenate(train), np.concatenate(val)
+
+
+@dataclass
+class Split:
+    """One class-disjoint split: its class names, image paths and int labels
+    (indices into its own class names)."""
+
+    source: str
+    class_names: List[str]
+    paths: List[str]
+    labels: np.ndarray
+
+
+@dataclass
+class ClassSplits:
+    """Class-disjoint train / (val) / test splits (tiered-ImageNet style)."""
+
+    train: Split
+    val: Optional[Split]
+    test: Split
+
+    def describe(self) -> str:
+        """'train C classes / N images, val ..., test ...'."""
+        parts = [(n, s) for n, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s]
+        return ", ".join(f"{n} {len(s.class_names)} classes / {len(s.paths)} images" for n, s in parts)
+
+
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def split_root(root: str) -> Optional[Dict[str, str]]:
+    """{"train": ..., "test": ..., ["val": ...]} when ``root`` holds split
+    folders (``train/`` and ``test/``, optionally ``val/``, each of class
+    folders) and nothing else; None for an ordinary ``ROOT/<class>`` folder."""
+    if not os.path.isdir(root):
+        return None
+    subdirs = {d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")}
+    if not {"train", "test"} <= subdirs or not subdirs <= set(SPLIT_FOLDERS):
+        return None
+    return {d: os.path.join(root, d) for d in SPLIT_FOLDERS if d in subdirs}
+
+
+def read_split(source: str) -> Split:
+    """A split from a class folder tree or a ``path label`` list (labels are class names)."""
+    paths, labels = read_source(source)
+    names, y = name_classes(labels)
+    return Split(source, names, paths, y)
+
+
+def load_class_splits(train: str, test: str, val: Optional[str] = None) -> ClassSplits:
+    """Class-disjoint splits from folders or lists.
+
+    Raises DatasetError naming the split when a class name appears in two
+    splits (a test class must never be seen in training) or a split is bad.
+    """
+    splits = {"train": read_split(train), "test": read_split(test)}
+    if val is not None:
+        splits["val"] = read_split(val)
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+        if a in splits and b in splits:
+            shared = sorted(set(splits[a].class_names) & set(splits[b].class_names))
+            if shared:
+                raise DatasetError(f"{splits[a].source}: class(es) {', '.join(shared[:5])} are also "
+                                   f"{b} classes ({splits[b].source}); the splits must be class-disjoint")
+    return ClassSplits(splits["train"], splits.get("val"), splits["test"])

@@ -25,6 +25,8 @@ from .datasets import Dataset, DatasetError, sample_shots
 
 # every head that learns from labelled shots (InMaP is transductive: not a few-shot method)
 METHODS = tuple(name for name, spec in HEADS.items() if not spec.transductive)
+# heads that fit on images re-encode them at every step: asked for by name only
+DEFAULT_METHODS = tuple(name for name in METHODS if not HEADS[name].needs_images)
 LABELS = {name: HEADS[name].label for name in METHODS}
 
 
@@ -37,13 +39,14 @@ def scores(logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
 def make_head(method: str, seed: int, text_weights: Optional[np.ndarray] = None,
               num_classes: Optional[int] = None, model: Any = None,
               class_names: Optional[Sequence[str]] = None, has_val: bool = True,
-              params: Optional[Mapping[str, Any]] = None):
+              params: Optional[Mapping[str, Any]] = None, preprocess: Any = None):
     """An unfitted head for ``method``, built from what HEADS says it needs.
 
     Parameters: seed: for heads with a ``seed``; text_weights (C, D);
     num_classes; model and class_names (prompt learners); has_val: False
     applies the spec's ``no_val_params``; params: hyper-parameters for this
-    method (None values: the class default).
+    method (None values: the class default); preprocess: the image transform
+    of heads that fit on images.
     Returns: the head.
     """
     if method not in HEADS:
@@ -58,6 +61,8 @@ def make_head(method: str, seed: int, text_weights: Optional[np.ndarray] = None,
         kw["text_weights"] = text_weights
     if spec.needs_model:
         kw.update(model=model, class_names=list(class_names))
+    if spec.needs_images:
+        kw["preprocess"] = preprocess
     if "num_classes" in names:
         kw["num_classes"] = num_classes
     if "seed" in names:
@@ -78,6 +83,11 @@ def new_class_logits(method: str, head, features: np.ndarray, text_weights: np.n
     if spec.needs_model:
         return head.logits(features, class_names=list(class_names))
     return copy.deepcopy(head).set_params(text_weights=text_weights).fit().logits(features)
+
+
+def pick(inputs, mask: np.ndarray):
+    """The rows of a feature array, or the entries of a list of files, where ``mask``."""
+    return inputs[mask] if isinstance(inputs, np.ndarray) else [p for p, m in zip(inputs, mask) if m]
 
 
 def harmonic(a: float, b: float) -> float:
@@ -105,6 +115,8 @@ def run_study(ds: Dataset, backbone, methods: Sequence[str], shots_list: Sequenc
     params = dict(params or {})
     train_x = backbone.images(ds.train_paths)
     test_x = backbone.images(ds.test_paths)
+    # heads that fit on images get the files themselves (decoded per batch)
+    train_files, test_files = np.array(ds.train_paths, dtype=object), np.array(ds.test_paths, dtype=object)
     names = ds.class_names
     text = backbone.text_weights(names, templates)
     c = len(names)
@@ -114,7 +126,7 @@ def run_study(ds: Dataset, backbone, methods: Sequence[str], shots_list: Sequenc
         base = np.arange((c + 1) // 2)
         new = np.arange(len(base), c)
         keep = np.isin(ds.train_labels, base)
-        train_x, train_y = train_x[keep], ds.train_labels[keep]
+        train_x, train_y, train_files = train_x[keep], ds.train_labels[keep], train_files[keep]
         train_names, train_text = [names[i] for i in base], text[base]
         tb, tn = np.isin(ds.test_labels, base), np.isin(ds.test_labels, new)
     else:
@@ -129,18 +141,24 @@ def run_study(ds: Dataset, backbone, methods: Sequence[str], shots_list: Sequenc
                 start = time.perf_counter()
                 spec = HEADS[method]
                 head = make_head(method, seed, train_text, len(train_names), backbone.model,
-                                 train_names, has_val, params.get(method))
-                head.fit(x, y, *((xv, yv) if has_val else (None, None)))
+                                 train_names, has_val, params.get(method),
+                                 getattr(backbone, "preprocess", None))
+                inputs = test_files.tolist() if spec.needs_images else test_x
+                if spec.needs_images:
+                    head.fit(train_files[idx].tolist(), y)
+                else:
+                    head.fit(x, y, *((xv, yv) if has_val else (None, None)))
                 if save_dir and spec.needs_model:
-                    head.save(os.path.join(save_dir, f"{method}-{shots}shot-seed{seed}.npz"))
+                    ext = "safetensors" if spec.needs_images else "npz"
+                    head.save(os.path.join(save_dir, f"{method}-{shots}shot-seed{seed}.{ext}"))
                 row = dict(method=method, shots=shots, seed=seed)
                 if not base_to_new:
-                    row.update(scores(head.logits(test_x), ds.test_labels))
+                    row.update(scores(head.logits(inputs), ds.test_labels))
                 else:
-                    b = scores(head.logits(test_x[tb]), ds.test_labels[tb])
+                    b = scores(head.logits(pick(inputs, tb)), ds.test_labels[tb])
                     row.update(base_top1=b["top1"], base_top5=b["top5"])
                     if spec.transfers:
-                        logits = new_class_logits(method, head, test_x[tn], text[new],
+                        logits = new_class_logits(method, head, pick(inputs, tn), text[new],
                                                   [names[i] for i in new])
                         n = scores(logits, ds.test_labels[tn] - len(base))
                         row.update(new_top1=n["top1"], new_top5=n["top5"],

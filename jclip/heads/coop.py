@@ -32,6 +32,7 @@ from ..models.clip import normalize
 from ..models.tokenizer import get_tokenizer, tokenize
 from ..progress import progress as progress_bar
 from .base import Head, as_features, as_labels, check_number, l2_normalize, read_head_file
+from .episodes import check_episode_data, parse_episode, sample_episode
 from .templates import clean_class_name
 
 POSITIONS = ("end", "middle", "front")
@@ -119,6 +120,11 @@ def _uniform(rng, shape, fan_in):
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
+def copy_params(params: Dict[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
+    """A copy of a learner's parameters (a snapshot of an epoch)."""
+    return OrderedDict((k, v.copy()) for k, v in params.items())
+
+
 def cosine_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
     """Dassl's schedule: constant ``warmup_lr`` for the warm-up epochs, then
     cosine annealing over ``epochs`` evaluated at the epoch index."""
@@ -138,10 +144,18 @@ class CoOp(Head):
     to unseen classes); position: where the class tokens go ('end', 'middle',
     'front'); epochs, batch_size, lr, momentum, weight_decay, warmup_epochs,
     warmup_lr: SGD with Dassl's warm-up + cosine schedule; chunk_size: the
-    most prompts one text-encoder pass sees; seed; progress: progress bars.
+    most prompts one text-encoder pass sees; seed; progress: progress bars;
+    episode: None (plain batches), or "N-way K-shot" / (N, K) for multi-task
+    training: each step is one task of N classes x K images drawn from the
+    training classes, scored among those N classes; episodes_per_epoch: the
+    steps of an epoch then; val_class_names: the classes of ``fit``'s
+    validation split (default: the training classes) - with an episode and a
+    validation split, the epoch with the best all-way validation accuracy is
+    kept.
     Fitted: params_ {name: array} (the learner's parameters), n_ctx_,
     class_names_, logit_scale_, history_ [(lr, mean loss, train accuracy)]
-    per epoch.
+    per epoch, val_history_ (validation accuracy per epoch) and best_epoch_
+    (1-based; 0: the initial prompts) when a validation split chose it.
     """
 
     method = "coop"
@@ -152,7 +166,9 @@ class CoOp(Head):
                  ctx_init: Optional[str] = "a photo of a", class_specific: bool = False,
                  position: str = "end", epochs: int = 50, batch_size: int = 32, lr: float = 0.002,
                  momentum: float = 0.9, weight_decay: float = 5e-4, warmup_epochs: int = 1,
-                 warmup_lr: float = 1e-5, chunk_size: int = 512, seed: int = 0, progress: bool = False):
+                 warmup_lr: float = 1e-5, chunk_size: int = 512, seed: int = 0, progress: bool = False,
+                 episode: Optional[Any] = None, episodes_per_epoch: int = 100,
+                 val_class_names: Optional[Sequence[str]] = None):
         self.model = model
         self.class_names = class_names
         self.n_ctx = n_ctx
@@ -169,6 +185,9 @@ class CoOp(Head):
         self.chunk_size = chunk_size
         self.seed = seed
         self.progress = progress
+        self.episode = episode
+        self.episodes_per_epoch = episodes_per_epoch
+        self.val_class_names = val_class_names
 
     # -- state -----------------------------------------------------------------
     def _init_state(self):
@@ -266,15 +285,22 @@ class CoOp(Head):
         return topk_ids(self.logits(features, class_names), k)
 
     # -- training ------------------------------------------------------------
-    def loss_and_grads(self, features: np.ndarray, labels: np.ndarray
+    def loss_and_grads(self, features: np.ndarray, labels: np.ndarray,
+                       class_ids: Optional[np.ndarray] = None
                        ) -> Tuple[float, Dict[str, np.ndarray], np.ndarray]:
         """(mean cross-entropy, {name: gradient ndarray}, logits) of one batch
         at the current parameters (after ``fit``; ``epochs=0`` gives the
-        initial ones)."""
+        initial ones).
+
+        Parameters: class_ids: score among these training classes only (an
+        episode's N classes); labels are then positions in it.
+        """
         self._check_fitted()
         x = jt.array(l2_normalize(np.asarray(features, dtype=np.float32)))
         y = np.asarray(labels, dtype=np.int64)
-        blocks = self._blocks(len(y), self.table_.num_classes)
+        classes = np.arange(self.table_.num_classes) if class_ids is None \
+            else np.asarray(class_ids, dtype=np.int64)
+        blocks = [(img, classes[cls]) for img, cls in self._blocks(len(y), len(classes))]
         p = self._vars()
         names = list(p)
         if len(blocks) == 1:
@@ -285,10 +311,12 @@ class CoOp(Head):
             return float(loss.numpy().reshape(-1)[0]), \
                 {n: g.numpy() for n, g in zip(names, grads)}, logits.numpy()
         # Two passes keep only one block's graph alive (see module docstring).
+        col = np.full(self.table_.num_classes, -1)
+        col[classes] = np.arange(len(classes))          # class id -> column of the logits
         with jt.no_grad():
-            full = np.empty((len(y), self.table_.num_classes), np.float32)
+            full = np.empty((len(y), len(classes)), np.float32)
             for img, cls in blocks:
-                full[img[:, None], cls[None, :]] = self._block_logits(p, x, img, cls, self.table_).numpy()
+                full[img[:, None], col[cls][None, :]] = self._block_logits(p, x, img, cls, self.table_).numpy()
                 jt.gc()
         z = full - full.max(axis=1, keepdims=True)
         prob = np.exp(z)
@@ -300,7 +328,7 @@ class CoOp(Head):
         total = {n: np.zeros_like(v) for n, v in self.params_.items()}
         for img, cls in blocks:
             block = self._block_logits(p, x, img, cls, self.table_)
-            surrogate = (block * jt.array(dlogits[img[:, None], cls[None, :]])).sum()
+            surrogate = (block * jt.array(dlogits[img[:, None], col[cls][None, :]])).sum()
             for n, g in zip(names, jt.grad(surrogate, [p[n] for n in names])):
                 total[n] += g.numpy()
             jt.gc()
@@ -312,8 +340,11 @@ class CoOp(Head):
 
         SGD (Dassl's defaults: momentum 0.9, weight decay 5e-4) with the
         warm-up + cosine schedule, for ``epochs`` epochs (0: the initial
-        prompts).  The validation split is not used (a fixed schedule, as
-        the official trainers).
+        prompts): plain batches of ``batch_size`` images, or with ``episode``
+        ``episodes_per_epoch`` N-way K-shot tasks per epoch.  Plain batches
+        do not use the validation split (a fixed schedule, as the official
+        trainers); episodic training keeps the epoch whose prompts score best
+        on it, all-way over ``val_class_names`` (ties: the earlier epoch).
         Returns: self.
         """
         epochs = check_number("epochs", self.epochs, 0, integer=True)
@@ -325,29 +356,65 @@ class CoOp(Head):
         warmup_lr = check_number("warmup_lr", self.warmup_lr, 0.0)
         if self.class_specific and type(self).method != "coop":
             raise ValueError(f"{type(self).__name__} has no class-specific context")
+        episode = None if self.episode is None else parse_episode(self.episode)
+        steps = check_number("episodes_per_epoch", self.episodes_per_epoch, 1, integer=True)
         self._init_state()
         x = self._features(features)
         y = as_labels(labels, x.shape[0], self.table_.num_classes, every_class=False)
+        val = None
+        if episode is not None:
+            check_episode_data(y, *episode, classes=np.arange(self.table_.num_classes),
+                               what=f"training classes of a {episode[0]}-way {episode[1]}-shot episode")
+            if val_features is not None or val_labels is not None:
+                val = self._val_split(val_features, val_labels)
         rng = np.random.default_rng(self.seed)
         buf = {n: np.zeros_like(v) for n, v in self.params_.items()}
+        best = (self._val_accuracy(*val), 0, copy_params(self.params_)) if val else None
+        self.val_history_, self.best_epoch_ = ([best[0]] if val else None), None
         bar = progress_bar(range(epochs), desc=f"training {self.method}", unit="epoch",
                            enabled=bool(self.progress))
         for epoch in bar:
             rate = cosine_lr(epoch, epochs, lr, warmup_epochs, warmup_lr)
-            order = rng.permutation(len(y))
             losses, correct = [], 0
-            for s in range(0, len(y), batch_size):
-                ids = order[s:s + batch_size]
-                loss, grads, logits = self.loss_and_grads(x[ids], y[ids])
-                correct += int((logits.argmax(1) == y[ids]).sum())
+            for ids, target, classes in self._batches(y, rng, batch_size, episode, steps):
+                loss, grads, logits = self.loss_and_grads(x[ids], target, classes)
+                correct += int((logits.argmax(1) == target).sum())
                 for n, g in grads.items():      # torch.optim.SGD, dampening 0
                     g = g + weight_decay * self.params_[n]
                     buf[n] = momentum * buf[n] + g
                     self.params_[n] = (self.params_[n] - rate * buf[n]).astype(np.float32)
                 losses.append(loss * len(ids))
-            self.history_.append((rate, float(np.sum(losses) / len(y)), correct / len(y)))
+            seen = len(y) if episode is None else steps * episode[0] * episode[1]
+            self.history_.append((rate, float(np.sum(losses) / seen), correct / seen))
             bar.set_postfix(loss=f"{self.history_[-1][1]:.4f}", acc=f"{self.history_[-1][2]:.3f}")
+            if val:
+                self.val_history_.append(self._val_accuracy(*val))
+                if self.val_history_[-1] > best[0]:
+                    best = (self.val_history_[-1], epoch + 1, copy_params(self.params_))
+        if val:
+            self.best_epoch_, self.params_ = best[1], best[2]
         return self
+
+    @staticmethod
+    def _batches(y, rng, batch_size, episode, steps):
+        """(indices, labels, class ids or None) of each step of an epoch."""
+        if episode is None:
+            order = rng.permutation(len(y))
+            for s in range(0, len(y), batch_size):
+                yield order[s:s + batch_size], y[order[s:s + batch_size]], None
+            return
+        for _ in range(steps):
+            ep = sample_episode(y, episode[0], episode[1], rng, query=0)
+            yield ep.support, ep.support_labels, ep.classes
+
+    def _val_split(self, val_features, val_labels):
+        names = self.val_class_names or self.class_names_
+        vx = self._features(val_features)
+        vy = as_labels(val_labels, vx.shape[0], len(names), "val_labels", every_class=False)
+        return vx, vy, list(names)
+
+    def _val_accuracy(self, vx, vy, names) -> float:
+        return float((self.logits(vx, names).argmax(1) == vy).mean())
 
     # -- files ---------------------------------------------------------------
     def _fitted_state(self):

@@ -184,7 +184,7 @@ def test_cli_end_to_end(colours, tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--data", str(colours), "--model", tiny_model, "--shots", "1", "2", "--seeds", "1", "2",
             "--methods", *study.METHODS, "--coop-epochs", "2", "--cocoop-epochs", "1",
-            "--cocoop-batch-size", "4", "--templates", "single", "--output", str(out),
+            "--cocoop-batch-size", "4", "--finetune-epochs", "2", "--templates", "single", "--output", str(out),
             "--cache", str(tmp_path / "cache"), "--no-progress"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
@@ -205,8 +205,9 @@ def test_cli_end_to_end(colours, tiny_model, tmp_path, capsys):
     assert run["hyper_parameters"]["cocoop"]["batch_size"] == 4
     assert is_png(out / "accuracy.png")
     saved = sorted(os.listdir(out / "prompts"))
-    assert saved == sorted(f"{m}-{s}shot-seed{d}.npz" for m in ("coop", "cocoop")
-                           for s in (1, 2) for d in (1, 2))
+    assert saved == sorted([f"{m}-{s}shot-seed{d}.npz" for m in ("coop", "cocoop")
+                            for s in (1, 2) for d in (1, 2)] +
+                           [f"clip_finetune-{s}shot-seed{d}.safetensors" for s in (1, 2) for d in (1, 2)])
     # zero-shot does not depend on the shots
     zs = {float(r["top1"]) for r in rows if r["method"] == "zeroshot"}
     assert len(zs) == 1

@@ -34,21 +34,23 @@ T = TypeVar("T")
 
 # the variables OpenMPI's launcher sets (Jittor's own test for "inside mpirun")
 _SIZE, _RANK, _LOCAL = "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"
+_alone = False      # rank 0 after ``leave``: the others are gone
 
 
 def in_mpi() -> bool:
-    """True when this process was started by mpirun (even with -np 1)."""
-    return _SIZE in os.environ
+    """True when this process was started by mpirun (even with -np 1) and
+    works with the other ranks (not after ``leave``)."""
+    return _SIZE in os.environ and not _alone
 
 
 def world_size() -> int:
-    """Number of ranks (1 without mpirun)."""
-    return int(os.environ.get(_SIZE, 1))
+    """Number of ranks working together (1 without mpirun, or after ``leave``)."""
+    return 1 if _alone else int(os.environ.get(_SIZE, 1))
 
 
 def rank() -> int:
     """This process's rank, 0..world_size()-1 (0 without mpirun)."""
-    return int(os.environ.get(_RANK, 0))
+    return 0 if _alone else int(os.environ.get(_RANK, 0))
 
 
 def local_rank() -> int:
@@ -62,8 +64,8 @@ def is_root() -> bool:
 
 
 def where() -> str:
-    """'rank R of N' (for messages)."""
-    return f"rank {rank()} of {world_size()}"
+    """'rank R of N' as mpirun started it (for messages)."""
+    return f"rank {os.environ.get(_RANK, 0)} of {os.environ.get(_SIZE, 1)}"
 
 
 def pick_gpu() -> Optional[str]:
@@ -210,6 +212,22 @@ def drive(run: Callable[[Callable[[List[Any]], np.ndarray]], T],
         sharded(encode, items, unit)
 
 
+def leave() -> None:
+    """The end of the work the ranks share: ranks other than 0 exit here
+    (status 0); rank 0 goes on alone, with Jittor's MPI switched off, so its
+    optimizers and datasets act as one process's (they would otherwise wait
+    for the ranks that left).  A no-op without mpirun."""
+    global _alone
+    if not in_mpi():
+        return
+    if not is_root():
+        raise Done()
+    import jittor as jt
+    _mpi().set_state(False)
+    jt.in_mpi = jt.compile_extern.in_mpi = False
+    _alone = True
+
+
 class Done(SystemExit):
     """Ends a rank whose share of the work is over, with exit status 0 (rank 0
     goes on alone)."""
@@ -220,27 +238,37 @@ class Done(SystemExit):
 
 def start() -> None:
     """What a command does first (before Jittor is imported): under mpirun,
-    this rank's GPU (``pick_gpu``), on CPU as many threads as one process
-    would use (``same_threads``), and rank 0's output only (``quiet_others``)."""
+    this rank's GPU (``pick_gpu``), on CPU every core and as many threads as
+    one process (``same_threads``), and rank 0's output only (``quiet_others``)."""
     if pick_gpu() is None:
         same_threads()
     quiet_others()
 
 
 def same_threads() -> Optional[int]:
-    """Under mpirun on CPU, run as many OpenMP threads as one process would
-    (the machine's CPU count) unless OMP_NUM_THREADS is set.
+    """Under mpirun on CPU, run like one process: on every core of the machine
+    and with as many OpenMP threads (the CPU count, unless OMP_NUM_THREADS is
+    set).
 
-    mpirun binds each rank to fewer cores, and Jittor's CPU kernels sum in an
-    order that depends on the thread count: features would differ from one
-    process's in the last bit.  Setting OMP_NUM_THREADS yourself (e.g. cores
-    / ranks) is faster on a CPU, at that price.  Must run before Jittor is
-    imported.  Returns: the thread count set, or None.
+    mpirun binds each rank to fewer cores.  Jittor's CPU kernels sum in an
+    order that depends on the thread count, so features would differ from one
+    process's in the last bit; and threads crowded onto one core make rank
+    0's solo work (the heads, the dog head) many times slower.  Setting
+    OMP_NUM_THREADS yourself (e.g. cores / ranks) is faster while the ranks
+    encode, at that price.  Must run before Jittor is imported.
+    Returns: the thread count set, or None.
     """
-    if not in_mpi() or "OMP_NUM_THREADS" in os.environ:
+    if not in_mpi():
         return None
-    os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
-    return os.cpu_count() or 1
+    cpus = os.cpu_count() or 1
+    try:
+        os.sched_setaffinity(0, range(cpus))
+    except (AttributeError, OSError):      # not Linux, or not allowed: keep mpirun's binding
+        pass
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    os.environ["OMP_NUM_THREADS"] = str(cpus)
+    return cpus
 
 
 def _exit_now(message: str, status: int) -> None:

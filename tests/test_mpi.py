@@ -224,3 +224,29 @@ def test_towers_sharing_a_preprocessing_decode_each_image_once(tmp_path, monkeyp
     cfg = load_config(None, ["batch_size=4", f"cache_dir={tmp_path / 'cache'}"])
     again = backbones.encode_files(towers, paths, cfg, "both", {})
     assert decoded == [] and all(np.array_equal(again[k][0], got[k][0]) for k in again)
+
+
+LEAVE = """
+    import os
+    import numpy as np
+    from jclip import distributed as d
+    d.start()
+    with d.failures_end_the_run():
+        d.allgather_object(d.rank())
+        d.leave()                       # rank 1 exits here
+        import jittor as jt
+        # Jittor's optimizer all-reduces gradients under MPI: after leave, rank 0
+        # steps alone instead of waiting for the rank that left
+        lin = jt.nn.Linear(3, 2)
+        opt = jt.optim.SGD(lin.parameters(), 0.1)
+        opt.step(lin(jt.array(np.ones((4, 3), np.float32))).sum())
+        open(os.path.join(os.environ["OUT"], f"alone{d.rank()}-{d.world_size()}-{int(jt.in_mpi)}"), "w").close()
+"""
+
+
+@pytest.mark.slow
+def test_after_leave_rank_0_works_alone_and_the_others_exit(mpirun, tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    r = run_ranks(mpirun, LEAVE, tmp_path, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == ["alone0-1-0", "script.py"]

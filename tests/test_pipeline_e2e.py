@@ -422,6 +422,24 @@ def test_same_seed_reproduces_every_number(validation):
     assert (validation["work"] / "val_sweep.json").read_bytes() == (validation["work"] / "val_sweep2.json").read_bytes()
 
 
+def test_two_ranks_train_the_same_heads_and_report_the_same_numbers(pipeline, validation, mpirun, tmp_path):
+    """mpirun -np 2 bash train.sh / val.sh: the same head files and report as one process."""
+    import hashlib
+    work = pipeline["work"]
+    out = tmp_path / "out"
+    common = ["--config", str(pipeline["config"]), "--set", f"cache_dir={tmp_path / 'cache'}"]
+    r = run(*mpirun, "bash", "train.sh", *common, "--set", f"out_dir={out}", cwd=REPO)
+    assert r.stdout.count("trained in") == 1
+    for f in ("lpp_vit.npz", "lpp_rn.npz", "dog_head.pkl", "val_dogs.txt"):
+        assert hashlib.sha256((out / f).read_bytes()).digest() == \
+            hashlib.sha256((work / "out" / f).read_bytes()).digest(), f
+    report = tmp_path / "report"
+    run(*mpirun, "bash", "val.sh", "report", *common, "--set", f"data.test_images={work / 'no-such-folder'}",
+        "--out", str(report), cwd=REPO)
+    for f in ("summary.json", "predictions.csv", "per_class.csv", "report.md"):
+        assert (report / f).read_bytes() == (validation["val_report"] / f).read_bytes(), f
+
+
 def test_sweep_writes_the_best_setting_it_tried(pipeline, validation):
     from jclip.pipeline.config import load_config
     s = json.loads((validation["val_sweep"] / "sweep.json").read_text())

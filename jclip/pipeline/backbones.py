@@ -228,7 +228,6 @@ class Encoded:
     readable: (N,) bool, False where any backbone could not decode the image;
     texts: {key: [(C, D) per name list and template set]} (name list major);
     sha256: {key: SHA-256 of the weights the backbone was loaded from}.
-    Under mpirun only rank 0's holds features and texts.
     """
     features: Dict[str, np.ndarray] = field(default_factory=dict)
     readable: np.ndarray = None
@@ -275,8 +274,8 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
     checked before encoding; times: step times are recorded there;
     features: {key: folder of ``jclip.extract``} whose rows replace encoding
     (the folder must hold every image, from the same weights and preprocessing).
-    Returns: an ``Encoded`` (empty on ranks other than 0).  Each unreadable
-    image is warned about once.
+    Returns: an ``Encoded`` (on rank 0: under mpirun the other ranks exit at
+    the end, see ``distributed.leave``).  Each unreadable image is warned about once.
     """
     times = {} if times is None else times
     n = sum(len(g) for g in path_groups)
@@ -314,8 +313,7 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
     del loaded, groups
     import jittor as jt
     jt.gc()
-    if not distributed.is_root():
-        return Encoded()
+    distributed.leave()       # under mpirun: the other ranks end here, rank 0 goes on alone
     paths = [p for g in path_groups for p in g]
     for i in np.flatnonzero(~out.readable):
         why = errors.get(paths[i]) or errors.get(os.path.abspath(paths[i]))

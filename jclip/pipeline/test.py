@@ -11,7 +11,6 @@ import time
 from typing import Any, Dict, Optional
 
 
-from .. import distributed
 from ..data.contest import ContestFormatError, check_result, format_result, list_test_images, read_classes
 from ..io import atomic_write_text
 from . import manifest as manifest_file
@@ -57,8 +56,6 @@ def test(cfg, images: Optional[str] = None, classes: Optional[str] = None,
     enc = encode_backbones(cfg, backbones, [paths], device, [names],
                            manifest_file.trained_backbones(manifest, casc.lpp_mix), times,
                            features=features)
-    if not distributed.is_root():
-        return {}       # under mpirun: this rank's shard is encoded; rank 0 does the rest
     good = enc.readable
     if not good.any():
         raise ContestFormatError(f"{images}: no test image could be decoded")

@@ -94,8 +94,6 @@ def train(cfg) -> Dict[str, Any]:
     # shots + LP++'s validation images as one group: val.sh reads the same cache file back
     enc = encode_backbones(cfg, keys, [relative_to(root, shots + lpp_val)], device, [names],
                            times=times)
-    if not distributed.is_root():
-        return {}       # under mpirun: this rank's shard is encoded; rank 0 does the rest
     keep, vkeep = enc.readable[:n], enc.readable[n:]
     missing = sorted(set(range(len(names))) - set(y_shots[keep]))
     if missing:

@@ -11,7 +11,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import distributed
 from ..data.contest import ContestFormatError, domain_of, read_classes, read_labelled_list
 from ..io import sha256_file
 from ..pipeline import manifest as manifest_file
@@ -161,8 +160,6 @@ def encode(lists: ValLists, templates: Sequence[str] = (), note: str = "",
                            device, name_lists,
                            manifest_file.trained_backbones(lists.manifest, casc.lpp_mix),
                            times, template_sets, features)
-    if not distributed.is_root():
-        raise distributed.Done()    # under mpirun: this rank's shard is encoded; rank 0 does the rest
     n_s, n_l = len(shots), len(lpp_sel)
     labels = np.array([y for _, y in shots + lpp_sel + items], np.int64)
 

@@ -67,6 +67,24 @@ def test_fast_mode_learns_and_is_reproducible(data, tmp_path):
     assert os.path.getsize(tmp_path / "h.pkl") < 10_000
 
 
+def test_fast_mode_features_come_from_the_feature_cache(data, tmp_path, monkeypatch):
+    """A retrain reads the backbone features back instead of encoding again,
+    and the head is the same as without the cache."""
+    plain = _train(data, "fast", epochs=5, lr=1e-2)
+    first = _train(data, "fast", epochs=5, lr=1e-2, cache_dir=str(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").glob("images-convnextv2-atto-*.npz"))) == 2   # train, val
+    from jclip.finetune import training
+
+    def no_encoding(*a, **k):
+        raise AssertionError("encoded again although the cache holds the features")
+    monkeypatch.setattr(training, "_encode_batches", no_encoding)
+    again = _train(data, "fast", epochs=5, lr=1e-2, cache_dir=str(tmp_path / "cache"))
+    for r in (first, again):
+        assert r["history"] == plain["history"]
+        for k in plain["state"]:
+            np.testing.assert_array_equal(r["state"][k], plain["state"][k])
+
+
 @pytest.mark.slow
 def test_full_mode_learns_predicts_and_checks_pairing(data, tmp_path):
     out = str(tmp_path / "full.pkl")

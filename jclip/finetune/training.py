@@ -46,15 +46,49 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 def backbone_features(model: ConvNeXtV2, paths: Sequence[str], transform: Preprocess,
                       batch_size: int, bad: List[str], threads: int, strict: bool,
-                      desc: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(pooled features of the readable images, their indices into ``paths``)."""
+                      desc: str, cache: Optional[Dict[str, str]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(pooled features of the readable images, their indices into ``paths``).
+
+    ``cache`` ({"dir", "sha256" of the backbone file}) keeps the features in jclip's
+    feature cache (keyed by backbone file and preprocessing), so a retrain with
+    other head settings does not encode the images again; an unreadable image
+    is cached as a zero row and reported again on every run.
+    """
+    if cache is not None:
+        from ..features.cache import encode_images_cached
+
+        def encode(chunk):
+            feats, kept = _encode_batches(model, chunk, transform, batch_size, bad, threads, strict, None)
+            out = np.zeros((len(chunk), model.num_features), np.float32)
+            out[kept] = feats
+            return out
+
+        rows = encode_images_cached(paths, encode, f"convnextv2-{model.name}", cache["sha256"],
+                                    transform.id, cache["dir"], batch_size=batch_size,
+                                    progress=desc is not None)
+        readable = rows.any(axis=1)
+        for i in np.flatnonzero(~readable):
+            if paths[i] not in bad:
+                bad.append(paths[i])
+                print(f"warning: skipping unreadable image: {paths[i]}", file=sys.stderr)
+        if not readable.any():
+            raise ValueError("no readable images")
+        return rows[readable], np.flatnonzero(readable)
+    feats, kept = _encode_batches(model, paths, transform, batch_size, bad, threads, strict, desc)
+    if not len(kept):
+        raise ValueError("no readable images")
+    return feats, kept
+
+
+def _encode_batches(model, paths, transform, batch_size, bad, threads, strict, desc):
+    """(features, indices into ``paths``) of the readable images, batch by batch."""
     feats, kept = [], []
     with jt.no_grad():
         for x, idx in image_batches(paths, batch_size, transform, bad, threads, strict, desc=desc):
             feats.append(run_in_slices(lambda v: trunk(model, jt.array(v), 0), x, model.cpu_batch))
             kept.append(idx)
     if not feats:
-        raise ValueError("no readable images")
+        return np.zeros((0, model.num_features), np.float32), np.zeros(0, np.int64)
     return np.concatenate(feats), np.concatenate(kept)
 
 
@@ -64,7 +98,8 @@ def train(weights: str, train_list: str, labels: Union[None, str, LabelRange] = 
           lr: Optional[float] = None, weight_decay: float = 0.05, warmup_epochs: int = 1,
           label_smoothing: float = 0.1, unfreeze: int = 0, size: Optional[int] = None,
           scale: Tuple[float, float] = (0.35, 1.0), seed: int = 0, threads: int = 4,
-          strict: bool = False, verbose: bool = True) -> Dict[str, Any]:
+          strict: bool = False, verbose: bool = True,
+          cache_dir: Optional[str] = None) -> Dict[str, Any]:
     """Train a head for the classes in ``labels`` (a (lo, hi) range or 'lo-hi').
 
     Parameters:
@@ -79,6 +114,8 @@ def train(weights: str, train_list: str, labels: Union[None, str, LabelRange] = 
         epochs / lr: default 100 / 1e-3 (fast), 10 / 5e-4 (full).
         size: input side (default: the ConvNeXt-V2 card's input size).
         seed: Jittor's and the shuffling/augmentation seed: same seed, same head.
+        cache_dir: fast mode keeps the backbone features in this feature cache
+            (a retrain with other head settings skips the encoding).
     Returns: a dict with ``state`` (trained params), ``meta``, ``history``
     (per-epoch train/val accuracy) and ``best_epoch``.
     """
@@ -105,12 +142,13 @@ def train(weights: str, train_list: str, labels: Union[None, str, LabelRange] = 
     rng = np.random.RandomState(seed)
 
     if mode == "fast":
+        cache = {"dir": cache_dir, "sha256": sha} if cache_dir else None
         xf, kept = backbone_features(model, paths, evaluate, batch_size, bad, threads, strict,
-                                     "train features")
+                                     "train features", cache)
         yf = y[kept]
         if val:
             vf, vk = backbone_features(model, val[0], evaluate, batch_size, bad, threads, strict,
-                                       "val features")
+                                       "val features", cache)
             vy = val[1][vk]
     else:
         augment = train_transform(size, scale)

@@ -32,7 +32,8 @@ def convert_one(src, out, model, dtype, force, expected_sha=None, log=print):
     if expected_sha is not None and sha != expected_sha:
         raise CheckpointError(
             f"{src}: SHA-256 is {sha}, expected {expected_sha} (a corrupt or "
-            "different file: delete it to download it again)")
+            "different file): delete it to download it again, or, offline, convert "
+            f"this very file on its own: python convert.py {src} --out FILE")
     if not force and is_up_to_date(out, sha, dtype):
         log(f"{out}: up to date (source {os.path.basename(src)}, "
             f"sha256 {sha[:12]}...)")

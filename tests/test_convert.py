@@ -247,6 +247,18 @@ def test_interrupted_download_leaves_nothing(tmp_path, server, vit_file,
     assert r.returncode == 1
     assert "download" in r.stderr
     assert listing(src, out) == []
+    assert not src.exists()         # no empty folder left behind by a failed first download
+
+
+def test_foreign_original_is_refused_with_the_offline_way(tmp_path, vit_file):
+    """An original whose SHA-256 is not OpenAI's is refused, and the message says
+    how to convert that very file without a download."""
+    src, out = tmp_path / "pretrained", tmp_path / "weights"
+    src.mkdir()
+    (src / "RN101.pt").write_bytes(vit_file.read_bytes())
+    r = run_convert("--models", "RN101", "--src", src, "--out-dir", out, "--no-download")
+    assert r.returncode == 1
+    assert "SHA-256" in r.stderr and f"python convert.py {src / 'RN101.pt'} --out FILE" in r.stderr
 
 
 def test_html_error_page_download_refused(tmp_path, server):

@@ -6,6 +6,7 @@ URL (openai/CLIP, clip/clip.py ``_MODELS``); the ConvNeXt-V2 release
 (facebookresearch/ConvNeXt-V2 README) publishes none, so for it we record the
 hash we computed.
 """
+import contextlib
 import hashlib
 import http.client
 import json
@@ -167,12 +168,25 @@ def download(url, dest, sha256=None, verify=None, progress=True,
     removed and DownloadError raised; a ``.part`` left by a process that was
     killed outright is resumed (HTTP Range) or restarted.
     """
-    from tqdm import tqdm
-
     dest = os.fspath(dest)
     part = dest + ".part"
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(dest))
+    made = not os.path.isdir(folder)     # a failed first download leaves no empty folder behind
+    os.makedirs(folder, exist_ok=True)
     started = time.monotonic()
+    try:
+        return _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, started)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)          # only if empty
+        raise
+
+
+def _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, started):
+    """download()'s body: the .part written, checked and renamed (see there)."""
+    from tqdm import tqdm
+
     try:
         with removed_on_signal(part), open(part, "ab+") as f:
             _lock_part(f, part)

@@ -17,17 +17,10 @@ SHARD, BATCH = 8, 4
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory):
-    """A tiny CLIP weights file and 29 images in nested folders (+ a corrupt one,
-    a text file that is not an image)."""
-    pytest.importorskip("torch")
+def image_folder(tmp_path_factory):
+    """29 images in nested folders (+ a corrupt one, a text file that is not an image)."""
     from PIL import Image
-    from reference import build_reference
-    from jclip.weights.checkpoint import save_state_dict
     root = tmp_path_factory.mktemp("extract")
-    _, state = build_reference("tiny-vit", seed=5)
-    weights = root / "tiny.pkl"
-    save_state_dict(str(weights), state, {"model": "tiny-vit"})
     rng = np.random.default_rng(0)
     images = root / "images"
     for i in range(29):
@@ -37,7 +30,20 @@ def collection(tmp_path_factory):
         Image.fromarray(arr).save(folder / f"img {i}.{('jpg', 'png')[i % 2]}")
     (images / "a" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (images / "notes.txt").write_text("not an image")
-    return root, str(weights), str(images)
+    return root, str(images)
+
+
+@pytest.fixture(scope="module")
+def collection(image_folder):
+    """(folder, a tiny CLIP weights file, the images)."""
+    pytest.importorskip("torch")
+    from reference import build_reference
+    from jclip.weights.checkpoint import save_state_dict
+    root, images = image_folder
+    _, state = build_reference("tiny-vit", seed=5)
+    weights = root / "tiny.pkl"
+    save_state_dict(str(weights), state, {"model": "tiny-vit"})
+    return root, str(weights), images
 
 
 def extract(*args, check=True, **kw):
@@ -93,8 +99,8 @@ def test_shards_equal_a_direct_encoding_and_name_the_unreadable_image(collection
         f.rows(["/elsewhere.jpg"])
 
 
-def test_a_list_file_gives_the_same_index(collection, tmp_path):
-    _, weights, images = collection
+def test_a_list_file_gives_the_same_index(image_folder, tmp_path):
+    _, images = image_folder
     paths = list_images(images)
     lst = tmp_path / "list.txt"
     # relative to the list's folder, `path label` lines, duplicates, CRLF

@@ -430,7 +430,7 @@ def test_two_ranks_train_the_same_heads_and_report_the_same_numbers(pipeline, va
     common = ["--config", str(pipeline["config"]), "--set", f"cache_dir={tmp_path / 'cache'}"]
     r = run(*mpirun, "bash", "train.sh", *common, "--set", f"out_dir={out}", cwd=REPO)
     assert r.stdout.count("trained in") == 1
-    for f in ("lpp_vit.npz", "lpp_rn.npz", "dog_head.pkl", "val_dogs.txt"):
+    for f in ("lpp_vit.npz", "lpp_rn.npz", "dog_head.safetensors", "val_dogs.txt"):
         assert hashlib.sha256((out / f).read_bytes()).digest() == \
             hashlib.sha256((work / "out" / f).read_bytes()).digest(), f
     report = tmp_path / "report"

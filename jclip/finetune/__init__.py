@@ -1,8 +1,8 @@
 """Fine-tuning ConvNeXt-V2 (the contest's dog head).
 
     from jclip import finetune
-    r = finetune.train(weights, "shots.txt", labels=(244, 373), out="dogs.pkl")
-    model = finetune.load_finetuned(weights, "dogs.pkl")
+    r = finetune.train(weights, "shots.txt", labels=(244, 373), out="dogs.safetensors")
+    model = finetune.load_finetuned(weights, "dogs.safetensors")
     kept, top, probs = finetune.predict(model, paths, k=5)
 
 Modules: ``data`` (label ranges, lists, image batches), ``model`` (trunk /

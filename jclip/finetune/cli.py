@@ -1,9 +1,9 @@
 """``python -m jclip.finetune train|predict``: the command line.
 
     python -m jclip.finetune train --weights convnextv2_base.pkl \\
-        --list train.txt --root data --labels 244-373 --out out/dogs.pkl
+        --list train.txt --root data --labels 244-373 --out out/dogs.safetensors
     python -m jclip.finetune predict --weights convnextv2_base.pkl \\
-        --head out/dogs.pkl --images TestSetB --out dogs_top5.txt
+        --head out/dogs.safetensors --images TestSetB --out dogs_top5.txt
 """
 import argparse
 import os
@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--root", help="folder the list's paths are relative to")
     t.add_argument("--labels", help="label range kept, e.g. 244-373 (ids -> 0..129)")
     t.add_argument("--val-list", help="held-out list used to pick the epoch")
-    t.add_argument("--out", required=True, help="head file to write (.pkl)")
+    t.add_argument("--out", required=True, help="head file to write (.safetensors; .pkl writes Jittor's format)")
     t.add_argument("--mode", choices=("fast", "full"), default="fast")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int, default=32)

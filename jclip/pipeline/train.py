@@ -118,12 +118,12 @@ def train(cfg) -> Dict[str, Any]:
     dog_val_path = os.path.join(out, "val_dogs.txt") if dog_val else None
     if dog_val:
         write_labelled_list(dog_val_path, dog_val)
-    head_path = os.path.join(out, "dog_head.pkl")
+    head_path = os.path.join(out, "dog_head.safetensors")
     with step(f"dog head: ConvNeXt-V2 {dog.mode} training, {dog.epochs} epochs", times):
         r = finetune.train(dog.weights, shots_path, labels=(lo, hi), root=root,
                            val_list=dog_val_path, out=head_path, mode=dog.mode,
                            epochs=dog.epochs, batch_size=dog.batch_size, lr=dog.lr,
-                           size=dog.size, seed=dog.seed)
+                           size=dog.size, seed=dog.seed, cache_dir=cfg.cache_dir)
     print(f"    dog head: epoch {r['best_epoch']}, validation accuracy {r['meta'].get('val_acc', 'n/a')}")
     manifest["backbones"]["dog"] = {"model": dog.model, "weights": dog.weights,
                                     "sha256": r["meta"]["backbone_sha256"]}

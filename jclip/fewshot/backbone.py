@@ -1,7 +1,19 @@
-"""The CLIP a study runs on, with cached image and prompt features."""
+"""The CLIP a study runs on, with cached image and prompt features.
+
+Under mpirun (``jclip.distributed``) every rank makes the same calls: each
+encodes an equal contiguous shard of the images or prompts the cache lacks,
+cut at batch boundaries (every forward pass sees the batch one process would
+give it), and rank 0 gets the features (the other ranks None), bit for bit
+those of one process.
+"""
 from typing import Optional, Sequence, Union
 
 import numpy as np
+
+from .. import distributed
+
+# prompts per forward pass (encode_texts' and the prompt cache's default)
+TEXT_BATCH = 256
 
 
 class Backbone:
@@ -10,33 +22,76 @@ class Backbone:
     Parameters: model_name: a CLIP name (ViT-B/32, ...) or weights file;
     cache_dir: the feature cache (jclip.features); device: 'cpu', 'cuda' or
     None (CUDA when Jittor has it); batch_size: image encoding batch;
-    progress: progress bars while encoding.
+    progress: progress bars while encoding; features: a ``python -m
+    jclip.extract`` folder of this model's weights and preprocessing whose
+    rows replace image encoding (read on rank 0; FeaturesError when it is
+    another model's or incomplete).
     """
 
     def __init__(self, model_name: str, cache_dir: str, device: Optional[str] = None,
-                 batch_size: int = 64, progress: bool = True):
+                 batch_size: int = 64, progress: bool = True, features: Optional[str] = None):
         import jclip  # noqa: F401  (before jittor)
         from ..models.load import load, weights_sha256
         self.model, self.preprocess = load(model_name, device=device)
         self.name, self.sha = self.model.name, weights_sha256(self.model)
         self.cache_dir, self.batch_size, self.progress = cache_dir, batch_size, progress
+        self.given = bool(features)
+        self.features = self._precomputed(features) if self.given and distributed.is_root() else None
 
-    def images(self, paths: Sequence[str]) -> np.ndarray:
-        """(N, D) normalised features of image files (cached; unreadable files raise)."""
+    def _precomputed(self, folder: str):
+        """The checked ``jclip.extract`` folder (its weights and preprocessing are ours)."""
+        from ..extract import FeaturesError, load_features
+        f = load_features(folder)
+        for what, want in (("weights_sha256", self.sha), ("preprocess_id", self.preprocess.id)):
+            if f.index.get(what) != want:
+                raise FeaturesError(f"{folder}: features of other {what.split('_')[0]} than "
+                                    f"{self.name} ({str(f.index.get(what))[:16]} vs {want[:16]})")
+        return f
+
+    def images(self, paths: Sequence[str]) -> Optional[np.ndarray]:
+        """(N, D) normalised features of image files (cached; unreadable files
+        raise); under mpirun None on the ranks other than 0."""
         from ..features.encode import encode_image_files
         from ..features.cache import encode_images_cached
+        paths = list(paths)
+        if self.given:       # nothing to encode: rank 0 reads the rows
+            return self._given_rows(paths) if distributed.is_root() else None
+        alone = distributed.world_size() == 1
 
         def encode(chunk):
             return encode_image_files(self.model, chunk, self.preprocess, self.batch_size,
                                       strict=True, progress=False)[0]
-        return encode_images_cached(paths, encode, self.name, self.sha, self.preprocess.id,
-                                    self.cache_dir, self.batch_size, self.progress)
 
-    def text_weights(self, class_names: Sequence[str], templates: Union[str, Sequence[str]]) -> np.ndarray:
-        """(C, D) zero-shot class weights from prompt templates (prompts cached)."""
+        def cached(encoder):
+            # under mpirun the cache hands over what it lacks as one list, which
+            # drive splits over the ranks at multiples of the batch
+            return encode_images_cached(paths, encoder, self.name, self.sha, self.preprocess.id,
+                                        self.cache_dir, self.batch_size if alone else max(1, len(paths)),
+                                        self.progress and alone)
+        return distributed.drive(cached, encode, unit=self.batch_size)
+
+    def _given_rows(self, paths: Sequence[str]) -> np.ndarray:
+        """The rows of ``paths`` in the features folder (FeaturesError for a
+        path it lacks or an image it could not read)."""
+        from ..extract import FeaturesError
+        rows, readable = self.features.rows(paths)
+        if not readable.all():
+            raise FeaturesError(f"{paths[int(np.flatnonzero(~readable)[0])]}: unreadable image "
+                                "(a zero row in the features folder)")
+        return np.asarray(rows, np.float32)
+
+    def text_weights(self, class_names: Sequence[str],
+                     templates: Union[str, Sequence[str]]) -> Optional[np.ndarray]:
+        """(C, D) zero-shot class weights from prompt templates (prompts cached);
+        under mpirun None on the ranks other than 0."""
         from ..features.encode import encode_texts
         from ..features.cache import cached_text_encoder
         from ..heads import text_classifier_weights
-        enc = cached_text_encoder(lambda t: encode_texts(self.model, t), self.name, self.sha,
-                                  self.cache_dir, progress=False)
-        return text_classifier_weights(class_names, enc, templates)
+        alone = distributed.world_size() == 1
+
+        def run(encoder):
+            # under mpirun the missing prompts go as one list (split by drive)
+            enc = cached_text_encoder(encoder, self.name, self.sha, self.cache_dir,
+                                      batch_size=TEXT_BATCH if alone else 1 << 40, progress=False)
+            return text_classifier_weights(class_names, enc, templates)
+        return distributed.drive(run, lambda t: encode_texts(self.model, t, TEXT_BATCH), unit=TEXT_BATCH)

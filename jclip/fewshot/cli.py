@@ -16,15 +16,20 @@ tiered-ImageNet ships); ``--episode 5-way 1-shot``, ``--eval-way all``,
 ``--support K``.
 
 Image and prompt features are cached (jclip.features), so a second run with
-other methods or seeds encodes nothing.  Hyper-parameters left unset take the
-head classes' defaults (jclip.heads; CoOp: 50 epochs, batch 32; CoCoOp: 10
-epochs, batch 1, as the official configs).
+other methods or seeds encodes nothing; ``--features DIR`` reads the image
+features ``python -m jclip.extract`` wrote instead.  ``mpirun -np N python -m
+jclip.fewshot ...`` shares the encoding over N ranks (jclip.distributed); the
+heads run once, on rank 0, which alone prints and writes the same files.
+Hyper-parameters left unset take the head classes' defaults (jclip.heads;
+CoOp: 50 epochs, batch 32; CoCoOp: 10 epochs, batch 1, as the official configs).
 """
 import argparse
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from .. import distributed
+from ..extract import FeaturesError
 from .datasets import DatasetError, load_class_splits, load_dataset, split_root
 from .report import format_table, write_csv, write_plot, write_run_record
 from .study import DEFAULT_METHODS, METHODS, run_study
@@ -83,6 +88,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="folder for results.csv, accuracy.png, run.json, prompts/")
     p.add_argument("--cache", default=os.path.join("cache", "features"))
     p.add_argument("--batch-size", type=int, default=64, help="image encoding batch")
+    p.add_argument("--features", metavar="DIR",
+                   help="image features from `python -m jclip.extract` (same model) instead of encoding")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if min(args.shots) < 1:
@@ -118,7 +125,22 @@ def resolved(params: Dict[str, Dict[str, Any]], methods: List[str]) -> Dict[str,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the study; returns the exit status (2: bad dataset or model)."""
+    """Run the study; returns the exit status (2: bad dataset or model).
+
+    Under mpirun every rank runs this: they share the encoding, then the ranks
+    other than 0 exit (status 0) and rank 0 fits the heads and writes the
+    outputs.  A rank that fails (an exception or a non-zero status) ends the
+    run with ``error: rank R of N: ...``."""
+    distributed.start()
+    with distributed.failures_end_the_run():
+        status = run_cli(argv)
+        if status and distributed.in_mpi():
+            sys.exit(status)        # no rank may be left waiting for this one
+    return status
+
+
+def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+    """``main`` in one process (or one rank)."""
     args = parse_args(argv)
     splits_given = args.train_classes or args.test_classes or args.val_classes
     roots = split_root(args.data) if args.data and not (args.train or args.test) else None
@@ -141,8 +163,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     methods = args.methods or list(DEFAULT_METHODS)
     templates = args.templates or "imagenet7"
     params = method_params(args)
-    rows = run_study(ds, backbone, methods, args.shots, args.seeds, templates,
-                     args.base_to_new, params, save_dir=os.path.join(args.output, "prompts"))
+    try:
+        rows = run_study(ds, backbone, methods, args.shots, args.seeds, templates,
+                         args.base_to_new, params, save_dir=os.path.join(args.output, "prompts"))
+    except FeaturesError as e:          # --features lacks an image, or holds it unreadable
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print()
     print(format_table(rows))
     csv_path = write_csv(os.path.join(args.output, "results.csv"), rows)
@@ -161,7 +187,8 @@ def open_backbone(args: argparse.Namespace):
     or foreign weights file)."""
     from .backbone import Backbone
     try:
-        return Backbone(args.model, args.cache, args.device, args.batch_size, not args.no_progress)
+        return Backbone(args.model, args.cache, args.device, args.batch_size, not args.no_progress,
+                        args.features)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return None

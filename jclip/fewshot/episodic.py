@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .. import distributed
 from ..heads import HEADS, l2_normalize
 from ..heads.episodes import check_episode_data, sample_episode
 from ..metrics import mean_ci95, topk_accuracy
@@ -90,6 +91,7 @@ def run_episodic(splits: ClassSplits, backbone, methods: Sequence[str], seeds: S
     per class used to choose the epoch (None: all); templates: the zero-shot
     prompts; params: {method: hyper-parameters}; save_dir: learned prompts.
     Returns: rows {method, classifier, stage, seed, episode, way, queries, top1, seconds}.
+    Under mpirun the ranks share the encoding, then only rank 0 goes on.
     """
     from .study import make_head
     for m in methods:
@@ -103,7 +105,9 @@ def run_episodic(splits: ClassSplits, backbone, methods: Sequence[str], seeds: S
     if va is not None:
         keep = sample_per_class(va.labels, val_per_class, seed=0)
         val = (backbone.images([va.paths[i] for i in keep]), va.labels[keep])
-    zero = 100.0 * test_x @ backbone.text_weights(te.class_names, templates).T
+    text_weights = backbone.text_weights(te.class_names, templates)
+    distributed.leave()         # under mpirun: the other ranks end here, rank 0 trains
+    zero = 100.0 * test_x @ text_weights.T
     rows = []
     for seed in seeds:
         text = {"zeroshot": zero}

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .. import distributed
 from ..heads import HEADS
 from ..metrics import accuracies
 from .datasets import Dataset, DatasetError, sample_shots
@@ -108,6 +109,9 @@ def run_study(ds: Dataset, backbone, methods: Sequence[str], shots_list: Sequenc
     (``<method>-<k>shot-seed<s>.npz``) are saved; log: one line per fit.
     Returns: rows (dicts), one per method x shots x seed, with top-1/top-5 in %
     (base-to-new: base_*, new_*, and H of the top-1s) and seconds.
+
+    Under mpirun every rank calls this: the ranks share the encoding, then the
+    ranks other than 0 exit (``distributed.leave``) and rank 0 fits the heads.
     """
     for m in methods:
         if m not in METHODS:
@@ -119,6 +123,7 @@ def run_study(ds: Dataset, backbone, methods: Sequence[str], shots_list: Sequenc
     train_files, test_files = np.array(ds.train_paths, dtype=object), np.array(ds.test_paths, dtype=object)
     names = ds.class_names
     text = backbone.text_weights(names, templates)
+    distributed.leave()         # under mpirun: the other ranks end here, rank 0 fits the heads
     c = len(names)
     if base_to_new:
         if c < 2:

@@ -69,10 +69,23 @@ def first(collection):
     return out, r
 
 
+DIRECT = f"""
+import json, sys
+import numpy as np
+import jclip
+from jclip.features.encode import encode_image_files
+weights, paths, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+model, pre = jclip.load(weights, device="cpu")
+arrays = {{}}
+for start in range(0, len(paths), {SHARD}):
+    feats, ok, _ = encode_image_files(model, paths[start:start + {SHARD}], pre, {BATCH}, progress=False)
+    arrays[f"feats{{start}}"], arrays[f"ok{{start}}"] = feats, np.array(ok, np.int64)
+np.savez(out, **arrays)
+"""
+
+
 @pytest.mark.slow
 def test_shards_equal_a_direct_encoding_and_name_the_unreadable_image(collection, first):
-    import jclip
-    from jclip.features.encode import encode_image_files
     _, weights, images = collection
     out, r = first
     f = load_features(str(out))
@@ -80,11 +93,15 @@ def test_shards_equal_a_direct_encoding_and_name_the_unreadable_image(collection
     assert f.paths == paths and len(paths) == 30                # the .txt is not an image
     assert sorted(os.listdir(out)) == ["index.json", "paths.txt"] + [
         f"shard-{i:05d}.{e}" for i in range(4) for e in ("json", "npy")]
-    model, pre = jclip.load(weights, device="cpu")
-    for start in range(0, len(paths), SHARD):                  # reference: the library's encoder
-        part = paths[start:start + SHARD]
-        feats, ok, errors = encode_image_files(model, part, pre, BATCH, progress=False)
-        np.testing.assert_array_equal(f.features[start:start + SHARD][ok], feats)
+    # reference: the library's encoder, in a fresh interpreter as extract runs (pytest's
+    # own process may carry thread or flush-to-zero settings from earlier tests)
+    ref = out.parent / "reference.npz"
+    subprocess.run([sys.executable, "-c", DIRECT, weights, json.dumps(paths), str(ref)], cwd=REPO,
+                   env=dict(os.environ, log_silent="1"), check=True, capture_output=True, timeout=300)
+    with np.load(ref) as z:
+        for start in range(0, len(paths), SHARD):
+            feats, ok = z[f"feats{start}"], z[f"ok{start}"]
+            np.testing.assert_array_equal(f.features[start:start + SHARD][ok], feats)
     bad = paths.index(os.path.join(images, "a", "broken.jpg"))
     assert not f.features[bad].any() and f.readable.tolist() == [i != bad for i in range(30)]
     assert f"{paths[bad]}: unreadable image" in r.stderr and "1 unreadable" in r.stdout

@@ -12,7 +12,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 os.environ.setdefault("log_silent", "1")
@@ -21,18 +20,9 @@ import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from reference import build_reference  # noqa: E402
+from timing import best_time  # noqa: E402  (bench/ is the script's folder)
 
 PROMPT_WORDS = ["dog", "Shiba Dog", "car side", "pizza", "golden retriever", "Stanford Cars 2012 Audi A6"]
-
-
-def best_time(fn, repeats):
-    fn()  # warm-up: Jittor compiles each new shape once
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def bench_model(name, batch, n_prompts, repeats):

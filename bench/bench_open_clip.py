@@ -14,7 +14,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 os.environ.setdefault("log_silent", "1")
 import jclip  # noqa: E402  (before jittor and torch)
@@ -24,16 +23,7 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 
 from jclip.models.clip import build_model, normalize  # noqa: E402
-
-
-def best_time(fn, repeats):
-    fn()  # warm-up: Jittor compiles each new shape once
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time  # noqa: E402  (bench/ is the script's folder)
 
 
 def main():

@@ -48,12 +48,11 @@ def jittor_finetune(model_name, trainable, batch, steps):
 
 def torch_finetune(model_name, trainable, batch, steps):
     import torch
-    import torch.nn.functional as F
     import jclip  # noqa: F401
     from jclip.finetune.contrastive import trainable_names
     from jclip.models.clip import build_model
     from jclip.models.tokenizer import tokenize
-    from reference import build_reference
+    from reference import build_reference, clip_loss
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ref, state = build_reference(model_name)
     names = trainable_names(build_model(state), trainable)     # the same parameters as jclip's
@@ -70,11 +69,7 @@ def torch_finetune(model_name, trainable, batch, steps):
     tokens = torch.from_numpy(tokenize([f"a photo of a {n}." for n in NAMES[:10]]))[torch.from_numpy(y)]
 
     def step():
-        img = F.normalize(ref.encode_image(x), dim=-1)
-        txt = F.normalize(ref.encode_text(tokens.long()), dim=-1)
-        logits = ref.logit_scale.exp() * img @ txt.t()
-        target = torch.arange(len(img))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        loss = clip_loss(ref, x, tokens.long())
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -51,3 +51,14 @@ def reference_features(model, images, tokens):
         img = model.encode_image(torch.from_numpy(images), normalize=True).numpy()
         txt = model.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy()
     return img, txt
+
+
+def clip_loss(ref, images, tokens):
+    """open_clip's symmetric image-text cross-entropy over a batch of (image, caption)
+    pairs, the reference for jclip.finetune.contrastive."""
+    import torch.nn.functional as F
+    img = F.normalize(ref.encode_image(images), dim=-1)
+    txt = F.normalize(ref.encode_text(tokens), dim=-1)
+    logits = ref.logit_scale.exp() * img @ txt.t()
+    target = torch.arange(len(img))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2

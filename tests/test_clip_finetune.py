@@ -13,7 +13,7 @@ from jclip.heads import HEADS
 from jclip.models.clip import build_model
 from jclip.models.tokenizer import tokenize
 from jclip.weights.checkpoint import save_state_dict
-from reference import build_reference
+from reference import build_reference, clip_loss
 
 COLOURS = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0),
            "yellow": (1.0, 1.0, -1.0)}
@@ -68,11 +68,7 @@ def torch_steps(ref, names, x, y, class_names, template, steps, lr, learn_scale)
     tokens = torch.from_numpy(tokenize([template.format(c) for c in class_names])).long()
     losses, after, grads = [], [], []
     for s in range(steps):
-        img = F.normalize(ref.encode_image(torch.from_numpy(x[s])), dim=-1)
-        txt = F.normalize(ref.encode_text(tokens[torch.from_numpy(y[s])]), dim=-1)
-        logits = ref.logit_scale.exp() * img @ txt.t()
-        target = torch.arange(len(img))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        loss = clip_loss(ref, torch.from_numpy(x[s]), tokens[torch.from_numpy(y[s])])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -15,7 +15,8 @@ import jclip  # noqa: F401
 from jclip.fewshot import cli
 from jclip.fewshot.datasets import DatasetError, load_class_splits, split_root
 from jclip.fewshot.episodic import evaluate, format_episodic, nearest_centroid_logits, summarise_episodic
-from jclip.heads.coop import CoCoOp, CoOp
+from jclip.heads.cocoop import CoCoOp
+from jclip.heads.coop import CoOp
 from jclip.heads.episodes import check_episode_data, parse_episode, sample_episode
 from jclip.metrics import mean_ci95
 from jclip.models.clip import build_model

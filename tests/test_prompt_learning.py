@@ -7,7 +7,8 @@ import torch
 import jclip
 from jclip.models.clip import build_model
 from jclip.heads import HEADS, load_head
-from jclip.heads.coop import CoCoOp, CoOp, cosine_lr, load_prompt_learner
+from jclip.heads.cocoop import CoCoOp, load_prompt_learner
+from jclip.heads.coop import CoOp, cosine_lr
 from jclip.models.tokenizer import get_tokenizer, tokenize
 from reference import build_reference
 

@@ -49,9 +49,9 @@ from ..heads.templates import clean_class_name
 from ..models.clip import normalize
 from ..models.tokenizer import tokenize
 from ..progress import progress as progress_bar
+from .trainable import trainable_names
 
 FILE_KIND = "jclip-clip-finetune"
-BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 Images = Union[np.ndarray, Sequence[str]]
 
 
@@ -77,52 +77,6 @@ def _owner(model: Any, name: str) -> Tuple[Any, str]:
     for part in path:
         mod = mod.layers[part] if isinstance(mod, nn.Sequential) else getattr(mod, part)
     return mod, attr
-
-
-def _block_prefixes(model: Any, tower: str, n: int) -> List[str]:
-    """State-dict prefixes of the last ``n`` blocks of a tower ("visual" or "text")."""
-    if tower == "text":
-        layers = model.transformer.layers
-        return [f"transformer.resblocks.{i}." for i in range(layers - n, layers)]
-    visual = model.visual
-    if hasattr(visual, "transformer"):
-        layers = visual.transformer.layers
-        return [f"visual.transformer.resblocks.{i}." for i in range(layers - n, layers)]
-    blocks = [f"visual.layer{s}.{i}." for s in (1, 2, 3, 4)
-              for i in range(len(getattr(visual, f"layer{s}")))]
-    return blocks[len(blocks) - n:]
-
-
-def trainable_names(model: Any, trainable: str = "proj", train_text: bool = True) -> List[str]:
-    """The state-dict names ``trainable`` selects, in state-dict order.
-
-    Parameters: trainable: "proj", "last_blocks=N" or "all"; train_text:
-    False leaves the text tower frozen.
-    Returns: the names.  Raises ValueError for an unknown choice or more
-    blocks than a tower has.
-    """
-    keys = [k for k in model.state_dict() if not k.endswith(BN_BUFFERS) and k != "logit_scale"]
-    resnet = not hasattr(model.visual, "transformer")
-    image_proj = ["visual.attnpool.c_proj.weight", "visual.attnpool.c_proj.bias"] if resnet \
-        else ["visual.proj"]
-    match = re.fullmatch(r"last_blocks=(\d+)", str(trainable))
-    if trainable == "proj":
-        chosen = set(image_proj) | {"text_projection"}
-    elif match:
-        n = int(match.group(1))
-        depth = {"visual": len(_block_prefixes(model, "visual", 10 ** 6)),
-                 "text": model.transformer.layers}
-        if not 1 <= n <= min(depth.values()):
-            raise ValueError(f"last_blocks={n}: the towers have {depth['visual']} (image) and "
-                             f"{depth['text']} (text) blocks")
-        prefixes = _block_prefixes(model, "visual", n) + _block_prefixes(model, "text", n) + \
-            ["visual.attnpool." if resnet else "visual.ln_post.", "ln_final."]
-        chosen = {k for k in keys if k.startswith(tuple(prefixes))} | set(image_proj) | {"text_projection"}
-    elif trainable == "all":
-        chosen = set(keys)
-    else:
-        raise ValueError(f"trainable must be 'proj', 'last_blocks=N' or 'all', not {trainable!r}")
-    return [k for k in keys if k in chosen and (train_text or k.startswith("visual."))]
 
 
 def adamw_step(param: np.ndarray, grad: np.ndarray, state: Dict[str, Any], lr: float,
@@ -343,6 +297,26 @@ class ClipFinetune(Head):
             grads["logit_scale"][:] = dlog
         return loss, grads, scale * img.astype(np.float64) @ txt[inverse].T
 
+    def check_params(self):
+        """The schedule's and AdamW's settings, checked (see ``Head.check_params``)."""
+        p = super().check_params()
+        p["epochs"] = check_number("epochs", p["epochs"], 0, integer=True)
+        p["batch_size"] = check_number("batch_size", p["batch_size"], 1, integer=True)
+        p["lr"] = check_number("lr", p["lr"], 0.0)
+        p["eps"] = check_number("eps", p["eps"], 0.0, strictly=True)
+        p["weight_decay"] = check_number("weight_decay", p["weight_decay"], 0.0)
+        p["chunk_size"] = check_number("chunk_size", p["chunk_size"], 1, integer=True)
+        try:
+            betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            betas = ()
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), not {self.betas!r}")
+        p["betas"] = betas
+        if not re.fullmatch(r"proj|all|last_blocks=\d+", str(self.trainable)):
+            raise ValueError(f"trainable must be 'proj', 'last_blocks=N' or 'all', not {self.trainable!r}")
+        return p
+
     # -- training ------------------------------------------------------------------
     def fit(self, images: Images, labels: Optional[np.ndarray] = None, val_features=None,
             val_labels=None) -> "ClipFinetune":
@@ -352,15 +326,9 @@ class ClipFinetune(Head):
 
         Returns: self.  Raises ValueError for bad hyper-parameters or data.
         """
-        epochs = check_number("epochs", self.epochs, 0, integer=True)
-        batch_size = check_number("batch_size", self.batch_size, 1, integer=True)
-        lr = check_number("lr", self.lr, 0.0)
-        eps = check_number("eps", self.eps, 0.0, strictly=True)
-        weight_decay = check_number("weight_decay", self.weight_decay, 0.0)
-        check_number("chunk_size", self.chunk_size, 1, integer=True)
-        betas = tuple(float(b) for b in self.betas)
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), not {self.betas!r}")
+        p = self.check_params()
+        epochs, batch_size, lr, eps, weight_decay, betas = (
+            p[k] for k in ("epochs", "batch_size", "lr", "eps", "weight_decay", "betas"))
         self._init_state()
         n = self._check_images(images)
         y = as_labels(labels, n, len(self.class_names_), every_class=False)

@@ -129,6 +129,19 @@ def check_number(name: str, value, low: float = None, integer: bool = False,
     return v
 
 
+def _check_kind(name: str, value, default) -> None:
+    """ValueError unless ``value`` is of the kind ``default`` is (bool, int, float, str)."""
+    if isinstance(default, (bool, np.bool_)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+    elif isinstance(default, (int, float, np.number)):
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        check_number(name, value, integer=isinstance(default, (int, np.integer)))
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{name} must be text, got {value!r}")
+
+
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
     """Rows (or ``axis``) scaled to unit L2 norm."""
     x = np.asarray(x)
@@ -217,22 +230,43 @@ class Head:
 
     # -- hyper-parameters --------------------------------------------------
     @classmethod
-    def _param_names(cls) -> List[str]:
-        """Constructor argument names, following ``**kwargs`` up the MRO (a
-        subclass passes its parent's hyper-parameters through unchanged)."""
-        names: List[str] = []
-        for klass in cls.__mro__:
-            if "__init__" not in vars(klass) or klass is object:
-                continue
-            more = False
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.kind == p.VAR_KEYWORD:
-                    more = True
-                elif p.name != "self" and p.kind != p.VAR_POSITIONAL and p.name not in names:
-                    names.append(p.name)
-            if not more:
-                break
+    def param_names(cls) -> List[str]:
+        """The constructor's argument names, read from its signature (every
+        head lists its hyper-parameters explicitly, as scikit-learn requires)."""
+        names = []
+        for p in inspect.signature(cls.__init__).parameters.values():
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                raise TypeError(f"{cls.__name__}.__init__ takes *{p.name}; a head lists "
+                                f"every hyper-parameter by name")
+            if p.name != "self":
+                names.append(p.name)
         return names
+
+    @classmethod
+    def param_defaults(cls) -> Dict[str, Any]:
+        """{hyper-parameter: default} from the constructor's signature (the only
+        place a default lives)."""
+        params = inspect.signature(cls.__init__).parameters
+        return {k: params[k].default for k in cls.param_names() if params[k].default is not params[k].empty}
+
+    def check_params(self) -> Dict[str, Any]:
+        """The hyper-parameters checked, without any data: {name: value}.
+
+        Here each value is checked against the kind of its default (a number
+        where the default is a number, a whole number where it is an int,
+        true/false, text; None is always accepted where the default is None
+        and never checked); heads add their ranges.  ``fit`` calls it first,
+        ``python -m jclip.fewshot --set`` before any model is loaded.
+        Raises ValueError naming the first bad hyper-parameter.
+        """
+        out = {}
+        defaults = self.param_defaults()
+        for name, value in self.get_params().items():
+            default = defaults.get(name)
+            if value is not None and default is not None:
+                _check_kind(name, value, default)
+            out[name] = value
+        return out
 
     def get_params(self, deep: bool = False) -> Dict[str, Any]:
         """The constructor's arguments as stored (scikit-learn's ``get_params``).
@@ -240,14 +274,14 @@ class Head:
         Parameters: deep: unused (heads hold no sub-estimators).
         Returns: {name: value}.
         """
-        return {name: getattr(self, name) for name in self._param_names()}
+        return {name: getattr(self, name) for name in self.param_names()}
 
     def set_params(self, **params) -> "Head":
         """Set hyper-parameters by name; takes effect at the next ``fit``.
 
         Returns: self.  Raises ValueError for a name the constructor does not take.
         """
-        known = self._param_names()
+        known = self.param_names()
         for name, value in params.items():
             if name not in known:
                 raise ValueError(f"{type(self).__name__} has no hyper-parameter {name!r} "

@@ -1,10 +1,9 @@
-"""CoOp and CoCoOp prompt learning through jclip's frozen text encoder.
+"""CoOp prompt learning through jclip's frozen text encoder (CoCoOp, its
+image-conditional variant, is ``cocoop``).
 
 CoOp (Zhou et al., IJCV'22) learns M context vectors that replace the words
-of a hand-made prompt: [SOS][ctx_1..ctx_M][class tokens][.][EOS].  CoCoOp
-(CVPR'22) adds pi(x) = Linear(d, d/16) -> ReLU -> Linear(d/16, width) of
-the normalised image feature to every context vector, so each image gets its
-own prompts: one text-encoder pass per (image, class) pair.
+of a hand-made prompt: [SOS][ctx_1..ctx_M][class tokens][.][EOS] (assembled
+by ``prompts.PromptTable``).
 
 Only the learner's parameters train (CLIP is frozen; gradients are asked for
 the learner's parameters alone) and only they are saved, with the backbone's
@@ -16,10 +15,9 @@ Memory stays bounded for any number of classes: the text encoder sees at most
 ``chunk_size`` prompts at once.  When a batch needs more, the step is done in
 two passes - logits for all blocks without a graph, then per block a second
 forward with a graph and the backward of sum(dLoss/dlogits * logits) - which
-gives exactly the full-batch gradient.  Prompts are cut after the last EOT
-(exact, the mask is causal), so a pass costs ~10-20 positions, not 77.
+gives exactly the full-batch gradient.  Prompts are cut after the last EOT,
+so a pass costs ~10-20 positions, not 77.
 """
-import hashlib
 import math
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -28,96 +26,11 @@ import numpy as np
 import jittor as jt
 
 from ..metrics import topk_ids
-from ..models.clip import normalize
-from ..models.tokenizer import get_tokenizer, tokenize
+from ..models.tokenizer import tokenize
 from ..progress import progress as progress_bar
-from .base import Head, as_features, as_labels, check_number, l2_normalize, read_head_file
+from .base import Head, as_features, as_labels, check_number, l2_normalize
 from .episodes import check_episode_data, parse_episode, sample_episode
-from .templates import clean_class_name
-
-POSITIONS = ("end", "middle", "front")
-
-
-def backbone_identity(model: Any):
-    """(name, sha256) of the CLIP the prompts were learned on.  A model not
-    loaded from a file is identified by a hash of its text-encoder weights."""
-    name = getattr(model, "name", None) or "unnamed"
-    if getattr(model, "_weights_sha256", None) or getattr(model, "weights_path", None):
-        from ..models.load import weights_sha256
-        return name, weights_sha256(model)
-    h = hashlib.sha256()
-    for key, var in sorted(model.state_dict().items()):
-        if not key.startswith("visual."):
-            h.update(key.encode())
-            h.update(np.ascontiguousarray(var.numpy(), dtype=np.float32).tobytes())
-    return name, "text-weights:" + h.hexdigest()
-
-
-class PromptTable:
-    """Token embeddings of "X .. X <class>." for a list of class names and,
-    per class and position, where each embedding comes from: a constant
-    (SOS, class tokens, '.', EOS) or context vector j, arranged for the
-    class-token position."""
-
-    def __init__(self, model, class_names, n_ctx, position="end"):
-        if position not in POSITIONS:
-            raise ValueError(f"class token position must be one of {POSITIONS}, not {position!r}")
-        names = [clean_class_name(n) for n in class_names]
-        if not names:
-            raise ValueError("class_names is empty")
-        tok = get_tokenizer()
-        name_lens = [len(tok.encode(n)) for n in names]
-        prompts = [" ".join(["X"] * n_ctx) + " " + n + "." for n in names]
-        tokens = tokenize(prompts, model.context_length)
-        self.eot = tokens.argmax(axis=1)
-        length = int(self.eot.max()) + 1
-        tokens = tokens[:, :length]
-        c = len(names)
-        with jt.no_grad():
-            emb = model.token_embedding(jt.array(tokens.astype(np.int32))).numpy()
-        self.const = emb.reshape(c * length, -1)            # (C*L, width)
-        self.num_classes, self.length, self.n_ctx = c, length, n_ctx
-        self.names = names
-
-        # source[c, p] >= 0: row of ``const``; < 0: context vector -1 - source.
-        source = np.empty((c, length), dtype=np.int64)
-        for i, nl in enumerate(name_lens):
-            rows = i * length + np.arange(length)
-            ctx = -1 - np.arange(n_ctx)
-            cls = rows[1 + n_ctx:1 + n_ctx + nl]
-            rest = rows[1 + n_ctx + nl:]
-            if position == "end":
-                order = [rows[:1], ctx, cls, rest]
-            elif position == "front":
-                order = [rows[:1], cls, ctx, rest]
-            else:
-                half = n_ctx // 2
-                order = [rows[:1], ctx[:half], cls, ctx[half:], rest]
-            source[i] = np.concatenate(order)
-        self.source = source
-
-    def assemble(self, ctx, ctx_ids, class_ids):
-        """(P, L, width) prompt embeddings for pairs (ctx_ids[p], class_ids[p]).
-
-        ctx: (K, M, width) Var of context sets; ctx_ids index its first axis.
-        One gather over [constants; context rows], so gradients flow to ctx.
-        """
-        k = ctx.shape[0]
-        table = jt.concat([jt.array(self.const).stop_grad(), ctx.reshape((k * self.n_ctx, -1))], 0)
-        src = self.source[class_ids]                          # (P, L)
-        ctx_rows = self.const.shape[0] + np.asarray(ctx_ids)[:, None] * self.n_ctx + (-1 - src)
-        idx = np.where(src >= 0, src, ctx_rows).reshape(-1).astype(np.int32)
-        return table[jt.array(idx)].reshape((len(class_ids), self.length, -1))
-
-    def encode(self, model, ctx, ctx_ids, class_ids):
-        """Normalised (P, D) text features of the assembled prompts."""
-        x = self.assemble(ctx, ctx_ids, class_ids)
-        return normalize(model.encode_token_embeddings(x, self.eot[class_ids]))
-
-
-def _uniform(rng, shape, fan_in):
-    bound = 1.0 / math.sqrt(fan_in)             # torch nn.Linear's default init
-    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+from .prompts import POSITIONS, PromptTable, backbone_identity
 
 
 def copy_params(params: Dict[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
@@ -189,6 +102,24 @@ class CoOp(Head):
         self.episodes_per_epoch = episodes_per_epoch
         self.val_class_names = val_class_names
 
+    def check_params(self):
+        """The prompt and training settings, checked (see ``Head.check_params``);
+        ``episode`` comes back as (N, K) or None."""
+        p = super().check_params()
+        if self.position not in POSITIONS:
+            raise ValueError(f"class token position must be one of {POSITIONS}, not {self.position!r}")
+        if not self.ctx_init:
+            check_number("n_ctx", self.n_ctx, 1, integer=True)
+        for name, low in (("epochs", 0), ("batch_size", 1), ("warmup_epochs", 0), ("chunk_size", 1),
+                          ("episodes_per_epoch", 1)):
+            p[name] = check_number(name, p[name], low, integer=True)
+        for name in ("lr", "momentum", "weight_decay", "warmup_lr"):
+            p[name] = check_number(name, p[name], 0.0)
+        if self.class_specific and type(self).method != "coop":
+            raise ValueError(f"{type(self).__name__} has no class-specific context")
+        p["episode"] = None if self.episode is None else parse_episode(self.episode)
+        return p
+
     # -- state -----------------------------------------------------------------
     def _init_state(self):
         """The initial parameters and prompt table, from the hyper-parameters."""
@@ -196,9 +127,7 @@ class CoOp(Head):
             raise ValueError(f"{type(self).__name__} needs the CLIP model")
         if not self.class_names:
             raise ValueError("class_names is empty")
-        if self.position not in POSITIONS:
-            raise ValueError(f"class token position must be one of {POSITIONS}, not {self.position!r}")
-        check_number("chunk_size", self.chunk_size, 1, integer=True)
+        self.check_params()
         model = self.model
         self.class_names_ = [str(n) for n in self.class_names]
         self.logit_scale_ = float(np.exp(model.logit_scale.numpy().reshape(-1)[0]))
@@ -347,17 +276,10 @@ class CoOp(Head):
         on it, all-way over ``val_class_names`` (ties: the earlier epoch).
         Returns: self.
         """
-        epochs = check_number("epochs", self.epochs, 0, integer=True)
-        batch_size = check_number("batch_size", self.batch_size, 1, integer=True)
-        lr = check_number("lr", self.lr, 0.0)
-        momentum = check_number("momentum", self.momentum, 0.0)
-        weight_decay = check_number("weight_decay", self.weight_decay, 0.0)
-        warmup_epochs = check_number("warmup_epochs", self.warmup_epochs, 0, integer=True)
-        warmup_lr = check_number("warmup_lr", self.warmup_lr, 0.0)
-        if self.class_specific and type(self).method != "coop":
-            raise ValueError(f"{type(self).__name__} has no class-specific context")
-        episode = None if self.episode is None else parse_episode(self.episode)
-        steps = check_number("episodes_per_epoch", self.episodes_per_epoch, 1, integer=True)
+        p = self.check_params()
+        epochs, batch_size, lr, momentum, weight_decay, warmup_epochs, warmup_lr, episode, steps = (
+            p[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs",
+                           "warmup_lr", "episode", "episodes_per_epoch"))
         self._init_state()
         x = self._features(features)
         y = as_labels(labels, x.shape[0], self.table_.num_classes, every_class=False)
@@ -459,61 +381,3 @@ class CoOp(Head):
             return super().load(path)
         finally:
             del self._check_backbone
-
-
-class CoCoOp(CoOp):
-    """CoCoOp: CoOp's shared context plus a meta-net bias per image.
-
-    pi = Linear(D, D // 16) -> ReLU -> Linear(D // 16, width), applied to the
-    normalised image feature (D = embed_dim); torch layout (out, in).
-    Parameters: as CoOp (class_specific must stay False), with the official
-    config's epochs 10 and batch size 1.
-    """
-
-    method = "cocoop"
-
-    def __init__(self, model: Any, class_names: Optional[Sequence[str]], epochs: int = 10,
-                 batch_size: int = 1, **coop_params):
-        super().__init__(model, class_names, epochs=epochs, batch_size=batch_size, **coop_params)
-
-    def _init_extra(self, rng):
-        d, h = self.embed_dim, max(1, self.embed_dim // 16)
-        width = self.model.token_embedding.weight.shape[1]
-        self.params_["meta_net.linear1.weight"] = _uniform(rng, (h, d), d)
-        self.params_["meta_net.linear1.bias"] = _uniform(rng, (h,), d)
-        self.params_["meta_net.linear2.weight"] = _uniform(rng, (width, h), h)
-        self.params_["meta_net.linear2.bias"] = _uniform(rng, (width,), h)
-
-    def _blocks(self, batch, num_classes):
-        """Whole images per block while classes fit a chunk, else one image
-        and classes in chunks: at most chunk_size (image, class) prompts."""
-        step = max(1, int(self.chunk_size))
-        if num_classes <= step:
-            per = step // num_classes
-            return [(np.arange(b, min(b + per, batch)), np.arange(num_classes))
-                    for b in range(0, batch, per)]
-        return [(np.array([b]), np.arange(c, min(c + step, num_classes)))
-                for b in range(batch) for c in range(0, num_classes, step)]
-
-    def _block_logits(self, p, image_features, img_ids, cls_ids, table):
-        xb = image_features[img_ids]                                     # (B, D)
-        hidden = jt.nn.relu(jt.matmul(xb, p["meta_net.linear1.weight"].transpose())
-                            + p["meta_net.linear1.bias"])
-        bias = jt.matmul(hidden, p["meta_net.linear2.weight"].transpose()) + p["meta_net.linear2.bias"]
-        ctx = p["ctx"] + bias.unsqueeze(1)                               # (B, M, width)
-        b, c = len(img_ids), len(cls_ids)
-        ctx_ids = np.repeat(np.arange(b), c)
-        text = table.encode(self.model, ctx, ctx_ids, np.tile(cls_ids, b))   # (B*C, D)
-        text = text.reshape((b, c, -1))
-        return self.logit_scale_ * (xb.unsqueeze(1) * text).sum(-1)
-
-
-def load_prompt_learner(path, model: Any, check_backbone: bool = True) -> CoOp:
-    """A CoOp / CoCoOp saved by ``save``, on ``model`` (the class is read
-    from the file).  Raises ValueError naming the file when it is not a
-    saved prompt learner or ``model`` is not the backbone it was trained on."""
-    meta, _ = read_head_file(path)
-    classes = {"CoOp": CoOp, "CoCoOp": CoCoOp}
-    if meta.get("head") not in classes:
-        raise ValueError(f"{path}: holds a {meta.get('head')} head, not a prompt learner")
-    return classes[meta["head"]](model, None).load(path, check_backbone)

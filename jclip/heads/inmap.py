@@ -137,6 +137,23 @@ class InMaP(Head):
         self.snapshots = snapshots
         self.progress = progress
 
+    def check_params(self):
+        """The optimisation settings, checked (see ``Head.check_params``);
+        ``snapshots`` comes back sorted, without repeats."""
+        p = super().check_params()
+        p["iters"] = iters = check_number("iters", p["iters"], 1, integer=True)
+        p["lr"] = check_number("lr", p["lr"], 0.0, strictly=True)
+        p["iters_sinkhorn"] = check_number("iters_sinkhorn", p["iters_sinkhorn"], 0, integer=True)
+        p["tau_t"] = check_number("tau_t", p["tau_t"], 0.0, strictly=True)
+        p["tau_i"] = check_number("tau_i", p["tau_i"], 0.0, strictly=True)
+        p["alpha"] = check_number("alpha", p["alpha"])
+        p["gamma"] = check_number("gamma", p["gamma"], 0.0)
+        keep = sorted({check_number("snapshots", s, 1, integer=True) for s in p["snapshots"]})
+        if keep and not keep[-1] <= iters:
+            raise ValueError(f"snapshots must lie in 1..{iters}, got {keep}")
+        p["snapshots"] = keep
+        return p
+
     def fit(self, features: np.ndarray, labels=None, val_features=None, val_labels=None) -> "InMaP":
         """Learn the proxies on (N, D) normalised features (the ones to label).
 
@@ -144,16 +161,9 @@ class InMaP(Head):
         no labels).
         Returns: self.
         """
-        iters = check_number("iters", self.iters, 1, integer=True)
-        lr = check_number("lr", self.lr, 0.0, strictly=True)
-        iters_sinkhorn = check_number("iters_sinkhorn", self.iters_sinkhorn, 0, integer=True)
-        tau_t = check_number("tau_t", self.tau_t, 0.0, strictly=True)
-        tau_i = check_number("tau_i", self.tau_i, 0.0, strictly=True)
-        alpha = check_number("alpha", self.alpha)
-        gamma = check_number("gamma", self.gamma, 0.0)
-        keep = sorted({check_number("snapshots", s, 1, integer=True) for s in self.snapshots})
-        if keep and not keep[-1] <= iters:
-            raise ValueError(f"snapshots must lie in 1..{iters}, got {keep}")
+        p = self.check_params()
+        iters, lr, iters_sinkhorn, tau_t, tau_i, alpha, gamma, keep = (
+            p[k] for k in ("iters", "lr", "iters_sinkhorn", "tau_t", "tau_i", "alpha", "gamma", "snapshots"))
         t = self._text_weights()
         x = as_features(features, dim=t.shape[1])
         t = t.astype(x.dtype)

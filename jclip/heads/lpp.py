@@ -79,6 +79,15 @@ class LPPlusPlus(Head):
         self.accumulate_alpha_grad = accumulate_alpha_grad
         self.seed = seed
 
+    def check_params(self):
+        """The schedule's settings, checked (see ``Head.check_params``)."""
+        p = super().check_params()
+        p["epochs"] = check_number("epochs", p["epochs"], 0, integer=True)
+        p["momentum"] = check_number("momentum", p["momentum"], 0.0)
+        p["alpha_every"] = check_number("alpha_every", p["alpha_every"], 1, integer=True)
+        p["alpha_scale"] = check_number("alpha_scale", p["alpha_scale"])
+        return p
+
     def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None,
             val_features: Optional[np.ndarray] = None,
             val_labels: Optional[np.ndarray] = None) -> "LPPlusPlus":
@@ -88,10 +97,9 @@ class LPPlusPlus(Head):
         (without it the last epoch is kept).
         Returns: self.
         """
-        epochs = check_number("epochs", self.epochs, 0, integer=True)
-        momentum = check_number("momentum", self.momentum, 0.0)
-        alpha_every = check_number("alpha_every", self.alpha_every, 1, integer=True)
-        alpha_scale = check_number("alpha_scale", self.alpha_scale)
+        p = self.check_params()
+        epochs, momentum, alpha_every, alpha_scale = (
+            p[k] for k in ("epochs", "momentum", "alpha_every", "alpha_scale"))
         accumulate = bool(self.accumulate_alpha_grad)
         t = self._text_weights()
         num_classes, dim = t.shape

@@ -9,7 +9,6 @@ them).  CoOp, CoCoOp and clip_finetune (``jclip.finetune.contrastive``) need
 Jittor; their classes are imported on first use of ``spec.cls``, so importing ``jclip.heads`` stays numpy-only.
 """
 import importlib
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
@@ -48,18 +47,11 @@ class HeadSpec:
 
     def param_names(self):
         """The constructor's hyper-parameter names."""
-        return self.cls._param_names()
+        return self.cls.param_names()
 
     def defaults(self) -> Dict[str, Any]:
-        """{hyper-parameter: default} from the class signature(s)."""
-        out: Dict[str, Any] = {}
-        for klass in self.cls.__mro__:
-            if "__init__" not in vars(klass) or klass is object:
-                continue
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.default is not p.empty and p.name not in out:
-                    out[p.name] = p.default
-        return {k: out[k] for k in self.param_names() if k in out}
+        """{hyper-parameter: default} from the class signature."""
+        return self.cls.param_defaults()
 
 
 HEADS: Dict[str, HeadSpec] = {s.name: s for s in (
@@ -71,7 +63,7 @@ HEADS: Dict[str, HeadSpec] = {s.name: s for s in (
     HeadSpec("lpp", "LP++", ".lpp", "LPPlusPlus", needs_text=True),
     HeadSpec("inmap", "InMaP", ".inmap", "InMaP", needs_text=True, transductive=True),
     HeadSpec("coop", "CoOp", ".coop", "CoOp", needs_model=True, transfers=True),
-    HeadSpec("cocoop", "CoCoOp", ".coop", "CoCoOp", needs_model=True, transfers=True),
+    HeadSpec("cocoop", "CoCoOp", ".cocoop", "CoCoOp", needs_model=True, transfers=True),
     HeadSpec("clip_finetune", "CLIP fine-tune", "..finetune.contrastive", "ClipFinetune",
              needs_model=True, needs_images=True, transfers=True),
 )}

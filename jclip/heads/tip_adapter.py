@@ -49,23 +49,28 @@ class TipAdapter(Head):
         self.init_alpha = init_alpha
         self.logit_scale = logit_scale
 
+    def check_params(self):
+        """The search grids and initial values, checked (see ``Head.check_params``)."""
+        p = super().check_params()
+        for name in ("beta_scale", "alpha_scale", "init_beta", "init_alpha", "logit_scale"):
+            p[name] = check_number(name, p[name])
+        for name in ("beta_steps", "alpha_steps"):
+            p[name] = check_number(name, p[name], 1, integer=True)
+        return p
+
     # -- shared pieces -----------------------------------------------------
     def _check_inputs(self, cache_keys, cache_labels, val_features, val_labels):
         """Check hyper-parameters and data; store keys_, key_labels_,
         text_weights_, logit_scale_ and beta_/alpha_ at their initial values.
         Returns the checked validation split (or (None, None))."""
-        check_number("beta_scale", self.beta_scale)
-        check_number("alpha_scale", self.alpha_scale)
-        check_number("beta_steps", self.beta_steps, 1, integer=True)
-        check_number("alpha_steps", self.alpha_steps, 1, integer=True)
-        self.logit_scale_ = check_number("logit_scale", self.logit_scale)
+        p = TipAdapter.check_params(self)
+        self.logit_scale_ = p["logit_scale"]
         text_weights = self._text_weights()
         num_classes, dim = text_weights.shape
         keys = as_features(cache_keys, "cache keys (features)", dim=dim)
         self.key_labels_ = as_labels(cache_labels, keys.shape[0], num_classes, "cache labels (labels)")
         self.keys_, self.text_weights_ = keys, text_weights.astype(keys.dtype)
-        self.beta_ = check_number("init_beta", self.init_beta)
-        self.alpha_ = check_number("init_alpha", self.init_alpha)
+        self.beta_, self.alpha_ = p["init_beta"], p["init_alpha"]
         return val_split(val_features, val_labels, dim, num_classes, keys.dtype)
 
     def _one_hot_t(self):
@@ -142,8 +147,11 @@ class TipAdapterF(TipAdapter):
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, epochs: int = 20, lr: float = 1e-3,
                  eps: float = 1e-4, weight_decay: float = 0.01, betas: Tuple[float, float] = (0.9, 0.999),
-                 batch_size: int = 256, seed: int = 0, **search_args):
-        super().__init__(text_weights, **search_args)
+                 batch_size: int = 256, seed: int = 0, beta_scale: float = 7.0, beta_steps: int = 200,
+                 alpha_scale: float = 3.0, alpha_steps: int = 20, init_beta: float = 1.0,
+                 init_alpha: float = 1.17, logit_scale: float = 100.0):
+        super().__init__(text_weights, beta_scale, beta_steps, alpha_scale, alpha_steps, init_beta,
+                         init_alpha, logit_scale)
         self.epochs = epochs
         self.lr = lr
         self.eps = eps
@@ -151,6 +159,19 @@ class TipAdapterF(TipAdapter):
         self.betas = betas
         self.batch_size = batch_size
         self.seed = seed
+
+    def check_params(self):
+        """Tip-Adapter's checks plus AdamW's settings (see ``Head.check_params``)."""
+        p = super().check_params()
+        p["epochs"] = check_number("epochs", p["epochs"], 0, integer=True)
+        p["lr"] = check_number("lr", p["lr"], 0.0)
+        p["eps"] = check_number("eps", p["eps"], 0.0, strictly=True)
+        p["weight_decay"] = check_number("weight_decay", p["weight_decay"], 0.0)
+        p["batch_size"] = check_number("batch_size", p["batch_size"], 1, integer=True)
+        if not isinstance(p["betas"], (list, tuple, np.ndarray)) or len(p["betas"]) != 2:
+            raise ValueError(f"betas must be two numbers, got {self.betas!r}")
+        p["betas"] = tuple(check_number("betas", b, 0.0) for b in p["betas"])
+        return p
 
     def _train_views(self, train_features, train_labels):
         if train_features is None:
@@ -192,14 +213,10 @@ class TipAdapterF(TipAdapter):
         (see the class docstring).
         Returns: self.
         """
-        epochs = check_number("epochs", self.epochs, 0, integer=True)
-        lr = check_number("lr", self.lr, 0.0)
-        eps = check_number("eps", self.eps, 0.0, strictly=True)
-        weight_decay = check_number("weight_decay", self.weight_decay, 0.0)
-        batch_size = check_number("batch_size", self.batch_size, 1, integer=True)
-        if len(tuple(self.betas)) != 2:
-            raise ValueError(f"betas must be two numbers, got {self.betas!r}")
-        b1, b2 = (check_number("betas", b, 0.0) for b in self.betas)
+        p = self.check_params()
+        epochs, lr, eps, weight_decay, batch_size = (
+            p[k] for k in ("epochs", "lr", "eps", "weight_decay", "batch_size"))
+        b1, b2 = p["betas"]
         val_x, val_y = self._check_inputs(features, labels, val_features, val_labels)
         beta, alpha = self.beta_, self.alpha_           # training uses the initial pair
         views, labels = self._train_views(train_features, train_labels)

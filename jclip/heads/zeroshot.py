@@ -52,6 +52,12 @@ class ZeroShot(Head):
         self.text_weights = text_weights
         self.logit_scale = logit_scale
 
+    def check_params(self):
+        """``logit_scale`` checked (see ``Head.check_params``)."""
+        p = super().check_params()
+        p["logit_scale"] = check_number("logit_scale", p["logit_scale"])
+        return p
+
     def fit(self, features: Optional[np.ndarray] = None, labels=None, val_features=None,
             val_labels=None) -> "ZeroShot":
         """Check and store ``text_weights`` (nothing is learned).
@@ -61,7 +67,7 @@ class ZeroShot(Head):
         Returns: self.
         """
         t = self._text_weights()
-        self.logit_scale_ = check_number("logit_scale", self.logit_scale)
+        self.logit_scale_ = self.check_params()["logit_scale"]
         if features is not None:
             as_features(features, dim=t.shape[1])
         self.text_weights_ = t

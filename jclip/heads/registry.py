@@ -62,6 +62,15 @@ HEADS: Dict[str, HeadSpec] = {s.name: s for s in (
     HeadSpec("tip_adapter_f", "Tip-Adapter-F", ".tip_adapter", "TipAdapterF", needs_text=True),
     HeadSpec("lpp", "LP++", ".lpp", "LPPlusPlus", needs_text=True),
     HeadSpec("inmap", "InMaP", ".inmap", "InMaP", needs_text=True, transductive=True),
+    # TransCLIP and ZLaP transduce over the features logits() is given, so they
+    # fit on shots (or nothing) like any few-shot head
+    HeadSpec("transclip", "TransCLIP", ".transclip", "TransCLIP", needs_text=True),
+    HeadSpec("transclip_zs", "TransCLIP-ZS", ".transclip", "TransCLIPZeroShot", needs_text=True,
+             transfers=True),
+    HeadSpec("zlap", "ZLaP", ".zlap", "ZLaP", needs_text=True, transfers=True),
+    HeadSpec("gda", "GDA", ".gda", "GDA", needs_text=True),
+    HeadSpec("ape", "APE", ".ape", "APE", needs_text=True),
+    HeadSpec("proker", "ProKeR", ".proker", "ProKeR", needs_text=True),
     HeadSpec("coop", "CoOp", ".coop", "CoOp", needs_model=True, transfers=True),
     HeadSpec("cocoop", "CoCoOp", ".cocoop", "CoCoOp", needs_model=True, transfers=True),
     HeadSpec("clip_finetune", "CLIP fine-tune", "..finetune.contrastive", "ClipFinetune",

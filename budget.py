@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from jclip.pipeline.budget import LIMIT_APPLIES_TO, report
-from jclip.pipeline.config import DEFAULT_CONFIG, load_or_exit
+from jclip.pipeline.config import DEFAULT_CONFIG, load_for_command
 from jclip.data.lists import ListFormatError
 
 
@@ -32,7 +32,7 @@ def main(argv=None):
     p.add_argument("--from-weights", action="store_true",
                    help="count from the weights files even for known architectures")
     a = p.parse_args(argv)
-    cfg = load_or_exit(a.config, a.set)
+    cfg = load_for_command(a.config, a.set)
     try:
         _, _, over = report(cfg, a.from_weights, a.limit, a.limit_on)
     except (ListFormatError, ValueError, OSError, KeyError) as e:

@@ -78,7 +78,7 @@ def torch_finetune(model_name, trainable, batch, steps):
 
 def jittor_cocoop_episode(model_name, steps):
     import jclip  # noqa: F401
-    from jclip.heads.coop import CoCoOp
+    from jclip.heads.cocoop import CoCoOp
     from jclip.models.clip import build_model
     from reference import CONFIGS, build_reference
     _, state = build_reference(model_name)

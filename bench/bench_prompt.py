@@ -54,7 +54,8 @@ def features(batch, dim, seed=0):
 def jittor_steps(method, batch, classes, steps):
     import jclip  # noqa: F401  (before jittor)
     from jclip.models.clip import build_model
-    from jclip.heads.coop import CoCoOp, CoOp
+    from jclip.heads.cocoop import CoCoOp
+    from jclip.heads.coop import CoOp
     from reference import build_reference
     _, state = build_reference("ViT-B/32")
     model = build_model(state)

@@ -1,5 +1,6 @@
 """jclip.pipeline.config: one reader, every default in default.json, the whole file
-validated on load (one line, exit 2, well under a second, no model touched)."""
+validated on load and the class lists by the commands' check (one line, exit 2,
+well under a second, no model touched)."""
 import dataclasses
 import json
 import os
@@ -10,7 +11,7 @@ import textwrap
 import pytest
 
 from jclip.pipeline.config import (DEFAULT_CONFIG, TEMPLATE_SETS, Config, ConfigError, FrozenDict,
-                                   load_config, load_or_exit)
+                                   check_class_lists, load_config, load_or_exit)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,18 +193,23 @@ def bad_configs(tmp_path_factory):
         import json, sys, time, io, contextlib
         opened = []
         sys.addaudithook(lambda ev, args: opened.append(str(args[0])) if ev == "open" else None)
-        from jclip.pipeline.config import load_or_exit
+        from jclip.pipeline.config import ConfigError, load_config, load_for_command
         out = {}
         for name, path, sets in json.loads(sys.argv[1]):
+            try:                    # the load alone: only the checks that need no other file
+                load_config(path, sets)
+                loads = True
+            except ConfigError:
+                loads = False
             err = io.StringIO()
             t = time.perf_counter()
-            try:
+            try:                    # what every command runs before any work
                 with contextlib.redirect_stderr(err):
-                    load_or_exit(path, sets)
+                    load_for_command(path, sets)
                 code = 0
             except SystemExit as e:
                 code = e.code
-            out[name] = dict(code=code, stderr=err.getvalue(), seconds=time.perf_counter() - t)
+            out[name] = dict(code=code, stderr=err.getvalue(), seconds=time.perf_counter() - t, loads=loads)
         print(json.dumps(dict(out=out, opened=opened, modules=sorted(sys.modules))))
     """)
     r = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], cwd=REPO,
@@ -225,6 +231,33 @@ def test_bad_configuration_is_one_line_and_exit_2(bad_configs, name, expected):
     assert lines[0].startswith(f"error: {path}: "), lines[0]
     assert expected in lines[0], lines[0]
     assert r["seconds"] < 1.0
+
+
+# the checks that read the class lists: the commands' step, not load_config
+NEEDS_CLASS_LISTS = ("dog_range outside the class list", "unseen_from vs the class list", "bad class list")
+
+
+def test_only_the_class_list_checks_wait_for_the_command_step(bad_configs):
+    loads = sorted(name for name, r in bad_configs["out"].items() if r["loads"])
+    assert loads == sorted(NEEDS_CLASS_LISTS)
+
+
+@pytest.mark.parametrize("name", NEEDS_CLASS_LISTS[:2])
+def test_train_reports_a_class_list_mismatch_before_loading_a_model(bad_configs, name):
+    sets = [s for c in BAD if c[0] == name for s in c[2]]
+    args = [a for s in sets for a in ("--set", s)]
+    r = subprocess.run([sys.executable, "-m", "jclip.pipeline", "train", "--config",
+                        bad_configs["paths"][name], *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+    assert r.stderr.splitlines() == [bad_configs["out"][name]["stderr"].strip()]
+
+
+def test_check_class_lists_reads_the_lists(tmp_path):
+    (tmp_path / "classes.txt").write_text("\n".join(f"Animal_c{i} {i}" for i in range(10)))
+    cfg = load_config(None, [f"data.root={tmp_path}", "cascade.dog_range=[2,6]", "cascade.unseen_from=10"])
+    check_class_lists(cfg)
+    with pytest.raises(ConfigError, match=r"cascade.unseen_from: 12, but .* has 10 classes"):
+        check_class_lists(cfg.with_values({"cascade.unseen_from": 12}))
 
 
 def test_no_model_touched_on_a_bad_configuration(bad_configs):

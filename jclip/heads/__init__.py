@@ -9,7 +9,7 @@ validates and learns; fitted state ends in ``_``; ``logits(x)``,
 ``load(path)``, ``get_params()`` / ``set_params()``.  ``HEADS`` maps a method
 name to its class and what a caller needs to build it.
 
-CoOp and CoCoOp (``jclip.heads.coop``) need Jittor and are not imported
+CoOp and CoCoOp (``jclip.heads.coop``, ``cocoop``) need Jittor and are not imported
 here; ``HEADS["coop"].cls`` imports them on use.
 """
 from ..metrics import topk_ids

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 from .. import distributed
 from ..data.contest import ContestFormatError
-from .config import load_or_exit
+from .config import load_for_command
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def run(command, args: argparse.Namespace) -> None:
     the line names the rank, and a failing rank stops every rank."""
     distributed.start()
     with distributed.failures_end_the_run():
-        cfg = load_or_exit(args.config, args.set)
+        cfg = load_for_command(args.config, args.set)
         try:
             command(cfg)
         except (ContestFormatError, ValueError, OSError) as e:

@@ -19,99 +19,11 @@ from jittor import nn
 
 from .open_clip import ClipArch, build_kwargs, get_architecture
 from .registry import open_clip_card
+from .transformer import ACTIVATIONS, Linear, Transformer, attention, layer_norm
 
 # Entries OpenAI's TorchScript archives carry that are not weights.
 # (open_clip-built archives also carry the derived causal `attn_mask` buffer.)
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
-
-
-class Linear(nn.Module):
-    """``x @ weight.T + bias`` with torch's (out, in) layout, as one 2-D matmul.
-
-    Folding the leading dimensions into one keeps the product a plain GEMM,
-    which Jittor hands to oneDNN on CPU and cuBLAS on GPU.
-    """
-
-    def __init__(self, in_features, out_features, bias=True):
-        self.weight = jt.randn((out_features, in_features)) * in_features ** -0.5
-        self.bias = jt.zeros((out_features,)) if bias else None
-
-    def execute(self, x):
-        lead = x.shape[:-1]
-        y = nn.matmul_transpose(x.reshape((-1, x.shape[-1])), self.weight)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(tuple(lead) + (y.shape[-1],))
-
-
-class QuickGELU(nn.Module):
-    def execute(self, x):
-        return x * jt.sigmoid(1.702 * x)
-
-
-class GELU(nn.Module):
-    """The exact (erf) GELU, torch.nn.GELU's default, which open_clip's non-quickgelu models use."""
-
-    def execute(self, x):
-        return 0.5 * x * (1.0 + jt.erf(x * (2.0 ** -0.5)))
-
-
-ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": GELU}
-
-
-def attention(q, k, v, mask=None):
-    """Scaled dot-product attention on (B, heads, L, head_dim) tensors."""
-    q = q * (q.shape[-1] ** -0.5)
-    scores = jt.matmul(q, k.transpose((0, 1, 3, 2)))
-    if mask is not None:
-        scores = scores + mask
-    return jt.matmul(nn.softmax(scores, dim=-1), v)
-
-
-class MultiheadAttention(nn.Module):
-    """torch.nn.MultiheadAttention's packed-projection layout, batch-first."""
-
-    def __init__(self, d_model, n_head):
-        self.n_head = n_head
-        self.in_proj_weight = jt.randn((3 * d_model, d_model)) * d_model ** -0.5
-        self.in_proj_bias = jt.zeros((3 * d_model,))
-        self.out_proj = Linear(d_model, d_model)
-
-    def execute(self, x, mask=None):
-        b, length, width = x.shape
-        qkv = nn.matmul_transpose(x.reshape((-1, width)), self.in_proj_weight) + self.in_proj_bias
-        qkv = qkv.reshape((b, length, 3, self.n_head, width // self.n_head)).permute(2, 0, 3, 1, 4)
-        out = attention(qkv[0], qkv[1], qkv[2], mask)
-        return self.out_proj(out.permute(0, 2, 1, 3).reshape((b, length, width)))
-
-
-class ResidualAttentionBlock(nn.Module):
-    def __init__(self, d_model, n_head, activation="quick_gelu", mlp_width=None):
-        mlp_width = mlp_width or d_model * 4
-        self.attn = MultiheadAttention(d_model, n_head)
-        self.ln_1 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", Linear(d_model, mlp_width)),
-            ("gelu", ACTIVATIONS[activation]()),
-            ("c_proj", Linear(mlp_width, d_model)),
-        ]))
-        self.ln_2 = nn.LayerNorm(d_model)
-
-    def execute(self, x, mask=None):
-        x = x + self.attn(self.ln_1(x), mask)
-        return x + self.mlp(self.ln_2(x))
-
-
-class Transformer(nn.Module):
-    def __init__(self, width, layers, heads, activation="quick_gelu", mlp_width=None):
-        self.width, self.layers = width, layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, activation, mlp_width)
-                                         for _ in range(layers)])
-
-    def execute(self, x, mask=None):
-        for block in self.resblocks:
-            x = block(x, mask)
-        return x
 
 
 class VisionTransformer(nn.Module):
@@ -148,13 +60,13 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)
         cls = self.class_embedding.reshape((1, 1, -1)).broadcast((x.shape[0], 1, x.shape[2]))
         x = jt.concat([cls, x], dim=1) + self.positional_embedding
-        x = self.transformer(x if self.ln_pre is None else self.ln_pre(x))
+        x = self.transformer(x if self.ln_pre is None else layer_norm(self.ln_pre, x))
         if self.pool == "tok":   # LayerNorm is per token: pooling first is exact
-            pooled = self.ln_post(x[:, 0, :])
+            pooled = layer_norm(self.ln_post, x[:, 0, :])
         elif self.final_ln_after_pool:
-            pooled = self.ln_post(x[:, 1:, :].mean(dim=1))
+            pooled = layer_norm(self.ln_post, x[:, 1:, :].mean(dim=1))
         else:
-            pooled = self.ln_post(x[:, 1:, :]).mean(dim=1)
+            pooled = layer_norm(self.ln_post, x[:, 1:, :]).mean(dim=1)
         return jt.matmul(pooled, self.proj)
 
 
@@ -311,7 +223,7 @@ class CLIP(nn.Module):
         learned context here) and each row's EOT position."""
         n, length, _ = x.shape
         x = x + self.positional_embedding[:length]
-        x = self.ln_final(self.transformer(x, causal_mask(length)))
+        x = layer_norm(self.ln_final, self.transformer(x, causal=True))
         rows = jt.array((np.arange(n) * length + np.asarray(eot)).astype(np.int32))
         return jt.matmul(x.reshape((n * length, -1))[rows], self.text_projection)
 
@@ -324,10 +236,6 @@ class CLIP(nn.Module):
 
 def normalize(x, dim=-1):
     return x / jt.sqrt((x * x).sum(dim=dim, keepdims=True))
-
-
-def causal_mask(length):
-    return jt.array(np.triu(np.full((length, length), -np.inf, dtype=np.float32), 1))
 
 
 def _count_blocks(state_dict, prefix):

@@ -52,15 +52,17 @@ _ACTIVATIONS = {
 }
 
 
-def enabled():
-    """True where the fused kernels apply: CPU, no gradients, not switched off."""
+def enabled(*tensors):
+    """True where the fused kernels apply to ``tensors``: CPU, no gradients,
+    all float32 (a half-precision model keeps Jittor's ops), not switched off."""
     return (not jt.flags.use_cuda and bool(jt.flags.no_grad)
-            and os.environ.get("JCLIP_FUSED_CPU", "1") != "0")
+            and os.environ.get("JCLIP_FUSED_CPU", "1") != "0"
+            and all(t is None or t.dtype == "float32" for t in tensors))
 
 
-def gemm_enabled():
-    """True where ``linear`` may run: ``enabled()`` and Jittor's oneDNN ops loaded."""
-    return enabled() and getattr(jt.compile_extern, "mkl_ops", None) is not None
+def gemm_enabled(*tensors):
+    """True where ``linear`` may run: ``enabled(*tensors)`` and Jittor's oneDNN ops loaded."""
+    return enabled(*tensors) and getattr(jt.compile_extern, "mkl_ops", None) is not None
 
 
 def attention_qkv(qkv, bias, heads, causal=False):

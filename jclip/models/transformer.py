@@ -30,7 +30,7 @@ class Linear(nn.Module):
     def execute(self, x):
         lead = x.shape[:-1]
         x = x.reshape((-1, x.shape[-1]))
-        if cpu_kernels.gemm_enabled():   # GEMM and bias in one kernel
+        if cpu_kernels.gemm_enabled(x, self.weight):   # GEMM and bias in one kernel
             y = cpu_kernels.linear(x, self.weight, self.bias)
         else:
             y = nn.matmul_transpose(x, self.weight)
@@ -56,7 +56,7 @@ ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": GELU}
 
 def layer_norm(module, x):
     """``module(x)`` for an nn.LayerNorm, as one fused kernel where it applies."""
-    if cpu_kernels.enabled():
+    if cpu_kernels.enabled(x, module.weight):
         return cpu_kernels.layer_norm(x, module.weight, module.bias, module.eps)
     return module(x)
 
@@ -103,7 +103,7 @@ class ResidualAttentionBlock(nn.Module):
     def execute(self, x, mask=None, causal=False):
         """``mask`` an additive (L, L) attention mask, or ``causal=True`` for
         the causal one (the fused CPU kernel skips the masked keys)."""
-        if mask is None and cpu_kernels.gemm_enabled():
+        if mask is None and cpu_kernels.gemm_enabled(x, self.attn.in_proj_weight):
             return self._fused(x, causal)
         if causal and mask is None:
             mask = causal_mask(x.shape[1])

@@ -6,7 +6,7 @@ softmax(logits(x)) of the features being labelled.  A head saved with a
 start head carries it inside its own file (header ``start_head``, arrays
 under ``start/``), so ``load`` needs nothing else.
 """
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -85,8 +85,3 @@ def restore_start(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path: str
         raise ValueError(f"{path}: start head lacks {missing}")
     return head
 
-
-def split_start_arrays(arrays: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-    """(own arrays, start-head arrays) of a file's arrays."""
-    own = {k: v for k, v in arrays.items() if not k.startswith(START_PREFIX)}
-    return own, {k: v for k, v in arrays.items() if k.startswith(START_PREFIX)}

@@ -138,7 +138,7 @@ class TransCLIP(Head):
         elif val_features is not None or val_labels is not None:
             raise ValueError("validation shots need shots: fit(features, labels, val_features, val_labels)")
         self.text_weights_ = t
-        self._last = None
+        self._transduction_cache_ = None
         return self
 
     # -- the transduction --------------------------------------------------
@@ -150,8 +150,8 @@ class TransCLIP(Head):
         # predict, predict_topk and logits on the same features share one run
         key = (x.shape, x.dtype.str, hashlib.blake2b(x, digest_size=16).digest(), id(self.init),
                tuple(v for k_, v in sorted(p.items()) if k_ not in ("text_weights", "init")))
-        if getattr(self, "_last", None) is not None and self._last[0] == key:
-            return self._last[1]
+        if getattr(self, "_transduction_cache_", None) is not None and self._transduction_cache_[0] == key:
+            return self._transduction_cache_[1]
         n, dim = x.shape
         k = int(p["n_neighbors"])
         if n < k + 1:
@@ -231,7 +231,7 @@ class TransCLIP(Head):
                     best = Transduction(z.copy(), float(gamma), acc)
         if best is None:
             best = Transduction(z, float(gammas[-1]), None)
-        self._last = (key, best)
+        self._transduction_cache_ = (key, best)
         return best
 
     @staticmethod
@@ -274,7 +274,7 @@ class TransCLIP(Head):
     def _from_file(self, meta, arrays, path):
         super()._from_file(meta, {k: v for k, v in arrays.items() if not k.startswith("start/")}, path)
         self.init = restore_start(meta, arrays, path)
-        self._last = None
+        self._transduction_cache_ = None
 
 
 class TransCLIPZeroShot(TransCLIP):

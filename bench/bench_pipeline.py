@@ -72,8 +72,8 @@ def main():
     import numpy as np
     import jclip
     import jittor as jt
-    from jclip.pipeline.backbones import Tower, encode_files
-    from jclip.pipeline.config import Backbone, load_config
+    from jclip.pipeline.backbones import LoadedBackbone, encode_files
+    from jclip.pipeline.config import BackboneSpec, load_config
     from jclip.models.load import use_device
     from jclip.heads import InMaP, LPPlusPlus, l2_normalize
     from jclip.data.images import preprocess_for, read_image
@@ -94,7 +94,7 @@ def main():
     towers = []
     for name, key in (("ViT-B/32", "vit"), ("RN101", "rn")):
         model, pre = jclip.load(weights[name], device=device)
-        towers.append(Tower(key, model, pre, Backbone(name, weights[name]), jclip.weights_sha256(model)))
+        towers.append(LoadedBackbone(key, model, pre, BackboneSpec(name, weights[name]), jclip.weights_sha256(model)))
         # compile every shape the timed run meets, the last partial batch included
         encode_files(towers[-1:], paths, cfg, "warm-up")
     # before: each tower decodes every image itself; after: one decode for both

@@ -278,6 +278,18 @@ def load_features(folder: str, model: Optional[str] = None) -> Features:
     return Features(paths, feats, np.linalg.norm(feats, axis=1) > 0.5, index)
 
 
+def load_features_for(folder: str, weights_sha256: str, preprocess_id: str, who: str) -> Features:
+    """``load_features(folder)``, refused (FeaturesError naming the folder)
+    unless it holds features of these weights and this preprocessing
+    (``who`` names the model in the message)."""
+    f = load_features(folder)
+    for what, want in (("weights_sha256", weights_sha256), ("preprocess_id", preprocess_id)):
+        if f.index.get(what) != want:
+            raise FeaturesError(f"{folder}: features of other {what.split('_')[0]} than "
+                                f"{who} ({str(f.index.get(what))[:16]} vs {want[:16]})")
+    return f
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m jclip.extract", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="CLIP name (ViT-B/32, RN101, ...) or weights file")

@@ -12,7 +12,8 @@ from PIL import Image
 import jclip  # noqa: F401
 from jclip.fewshot import cli, study
 from jclip.fewshot import datasets as fewshot
-from jclip.fewshot.backbone import Backbone
+from jclip.fewshot import params as fewshot_params
+from jclip.fewshot.encoder import CachedEncoder
 from jclip.weights.checkpoint import save_state_dict
 from jclip.plot import bar_plot, line_plot, nice_ticks
 from reference import build_reference
@@ -138,7 +139,7 @@ def test_scores_are_percent_top1_and_top5():
 @pytest.mark.slow
 def test_coop_beats_zero_shot_on_generated_colours(colours, tiny_model, tmp_path):
     ds = fewshot.load_dataset(str(colours))
-    backbone = Backbone(tiny_model, str(tmp_path / "cache"), progress=False)
+    backbone = CachedEncoder(tiny_model, str(tmp_path / "cache"), progress=False)
     train_x, test_x = backbone.images(ds.train_paths), backbone.images(ds.test_paths)
     text = backbone.text_weights(ds.class_names, "single")
     zero = study.scores(study.make_head("zeroshot", 0, text).fit().logits(test_x),
@@ -171,7 +172,7 @@ def zero_shot_top1(colours, tiny_model, cache, classes=None):
     """Zero-shot top-1 (%) on the colours test split, computed here from the
     cached features: argmax of features . text weights, no study code."""
     ds = fewshot.load_dataset(str(colours))
-    backbone = Backbone(tiny_model, cache, progress=False)
+    backbone = CachedEncoder(tiny_model, cache, progress=False)
     classes = np.arange(len(ds.class_names)) if classes is None else classes
     keep = np.isin(ds.test_labels, classes)
     x = backbone.images([p for p, k in zip(ds.test_paths, keep) if k])
@@ -234,6 +235,51 @@ def test_cli_base_to_new(colours, tiny_model, tmp_path, capsys):
         zero_shot_top1(colours, tiny_model, cache, np.array([2, 3])), abs=1e-4)
     assert rows["tip_adapter"]["new_top1"] == "nan"
     assert is_png(out / "accuracy.png")
+
+
+# (options, the one error line's start): each refused before the dataset or model is looked at
+BAD_PARAMS = [
+    (["--set", "lpp.epoch=3"], "error: --set lpp.epoch=3: LPPlusPlus has no hyper-parameter 'epoch'; did you mean `epochs`?"),
+    (["--set", "tip_adaptr.beta_scale=3"], "error: --set tip_adaptr.beta_scale=3: unknown method 'tip_adaptr'; did you mean `tip_adapter`?"),
+    (["--set", "lpp.alpha_every=0"], "error: --set lpp.alpha_every=0: LP++: alpha_every must be >= 1, got 0"),
+    (["--set", "tip_adapter.beta_steps=ten"], "error: --set tip_adapter.beta_steps=ten: Tip-Adapter: beta_steps must be an integer"),
+    (["--set", "tip_adapter_f.betas=[0.9]"], "error: --set tip_adapter_f.betas=[0.9]: Tip-Adapter-F: betas must be two numbers"),
+    (["--set", "linear_probe.gtol=-1"], "error: --set linear_probe.gtol=-1: Linear probe: gtol must be"),
+    (["--set", "coop.position=top"], "error: --set coop.position=top: CoOp: class token position must be one of"),
+    (["--set", "lpp.seed=3"], "error: --set lpp.seed=3: seed is set by the study"),
+    (["--set", "lpp.epochs"], "error: --set lpp.epochs: expected METHOD.PARAM=VALUE"),
+    (["--coop-epochs", "-1"], "error: --coop-epochs -1: CoOp: epochs must be >= 0, got -1"),
+    (["--finetune-trainable", "some"], "error: --finetune-trainable some: CLIP fine-tune: trainable must be"),
+]
+
+
+@pytest.mark.parametrize("options,expected", BAD_PARAMS, ids=[" ".join(o) for o, _ in BAD_PARAMS])
+def test_cli_refuses_a_bad_hyper_parameter_in_one_line(tmp_path, capsys, options, expected):
+    # neither the folder nor the model exists: the options are refused first
+    assert cli.main(["--data", str(tmp_path / "nope"), "--model", str(tmp_path / "x.pkl"), *options]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(expected), err
+
+
+def test_set_and_flags_reach_every_heads_constructor():
+    args = cli.parse_args(["--data", "d", "--model", "m", "--set", "lpp.epochs=7", "--set", "lpp.momentum=0.5",
+                           "--set", "tip_adapter.beta_scale=5", "--set", "linear_probe.Cs=[2.0, 4.0]",
+                           "--set", "tip_adapter_f.betas=[0.8, 0.9]", "--set", "coop.ctx_init=a photo",
+                           "--coop-epochs", "3", "--lr", "0.01", "--finetune-image-only", "--no-progress"])
+    p = fewshot_params.method_params(args)
+    assert p["lpp"] == {"epochs": 7, "momentum": 0.5} and p["tip_adapter"] == {"beta_scale": 5}
+    assert p["coop"] == {"ctx_init": "a photo", "epochs": 3, "lr": 0.01} and p["cocoop"] == {"lr": 0.01}
+    assert p["clip_finetune"] == {"train_text": False}
+    text = np.eye(3, 4)
+    lpp = study.make_head("lpp", 1, text, 3, params=p["lpp"])
+    assert (lpp.epochs, lpp.momentum, lpp.seed) == (7, 0.5, 1)
+    tip = study.make_head("tip_adapter_f", 1, text, 3, params=p["tip_adapter_f"])
+    assert tip.betas == [0.8, 0.9] and tip.check_params()["betas"] == (0.8, 0.9)
+    lp = study.make_head("linear_probe", 1, None, 3, params=p["linear_probe"])
+    assert lp.Cs == [2.0, 4.0]
+    ran = fewshot_params.resolved(p, ["lpp", "coop"])
+    assert ran["lpp"]["epochs"] == 7 and ran["lpp"]["alpha_scale"] == 250.0      # given, and the default
+    assert ran["coop"]["epochs"] == 3 and ran["coop"]["batch_size"] == 32 and "model" not in ran["coop"]
 
 
 def test_cli_reports_a_bad_folder_or_model(tmp_path, capsys):

@@ -195,7 +195,7 @@ def test_towers_sharing_a_preprocessing_decode_each_image_once(tmp_path, monkeyp
         w = str(tmp_path / f"{key}.pkl")
         save_state_dict(w, state, {"model": "tiny-vit"})
         model, pre = jclip.load(w, device="cpu")
-        towers.append(backbones.Tower(key, model, pre, type("Spec", (), {"model": "tiny-vit"})(),
+        towers.append(backbones.LoadedBackbone(key, model, pre, type("Spec", (), {"model": "tiny-vit"})(),
                                       jclip.weights_sha256(model)))
     assert towers[0].preprocess.id == towers[1].preprocess.id
     decoded = []

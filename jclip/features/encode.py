@@ -10,6 +10,9 @@ from ..models.batching import run_in_slices
 from ..models.clip import CLIP, normalize
 from ..models.tokenizer import tokenize
 
+# prompts per text-encoder pass, and per chunk the prompt cache hands over
+TEXT_BATCH = 256
+
 
 def _encode(model, batch):
     """Normalised image features of one batch, sliced on CPU for conv towers."""
@@ -64,7 +67,7 @@ def encode_image_files(model: CLIP, paths: Sequence[str], preprocess: Preprocess
     return (np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)), ok, errors
 
 
-def encode_texts(model: CLIP, texts: Sequence[str], batch_size: int = 256,
+def encode_texts(model: CLIP, texts: Sequence[str], batch_size: int = TEXT_BATCH,
                  truncate: bool = True) -> np.ndarray:
     """L2-normalised text features.
 

@@ -20,21 +20,23 @@ other methods or seeds encodes nothing; ``--features DIR`` reads the image
 features ``python -m jclip.extract`` wrote instead.  ``mpirun -np N python -m
 jclip.fewshot ...`` shares the encoding over N ranks (jclip.distributed); the
 heads run once, on rank 0, which alone prints and writes the same files.
-Hyper-parameters left unset take the head classes' defaults (jclip.heads;
-CoOp: 50 epochs, batch 32; CoCoOp: 10 epochs, batch 1, as the official configs).
+Hyper-parameters: ``--set METHOD.PARAM=VALUE`` (repeatable) for any head's
+(``--set lpp.epochs=100 --set tip_adapter.beta_scale=5``), checked by the
+head before any model is loaded; unset ones take the head classes' defaults
+(jclip.heads; CoOp: 50 epochs, batch 32; CoCoOp: 10 epochs, batch 1, as the
+official configs).
 """
 import argparse
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .. import distributed
 from ..extract import FeaturesError
 from .datasets import DatasetError, load_class_splits, load_dataset, split_root
+from .params import ParamError, add_param_arguments, method_params, resolved
 from .report import format_table, write_csv, write_plot, write_run_record
 from .study import DEFAULT_METHODS, METHODS, run_study
-
-PROMPT_LEARNERS = ("coop", "cocoop")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -69,21 +71,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--templates", help="single, imagenet7 or imagenet80 (default imagenet7; episodic: single)")
     p.add_argument("--base-to-new", action="store_true",
                    help="train on the first half of the classes, report base, new and H")
-    pl = p.add_argument_group("CoOp / CoCoOp (unset: the class default)")
-    for m in PROMPT_LEARNERS:
-        pl.add_argument(f"--{m}-epochs", type=int)
-        pl.add_argument(f"--{m}-batch-size", type=int)
-    pl.add_argument("--lr", type=float)
-    pl.add_argument("--ctx-init", help="words that initialise the context ('' for random context)")
-    pl.add_argument("--n-ctx", type=int, help="context length with random init")
-    pl.add_argument("--class-specific", action="store_true", help="CoOp: one context per class")
-    pl.add_argument("--position", choices=("end", "middle", "front"), help="where the class tokens go")
-    ft = p.add_argument_group("clip_finetune (unset: the class default)")
-    ft.add_argument("--finetune-trainable", help="proj (default), last_blocks=N or all")
-    ft.add_argument("--finetune-epochs", type=int)
-    ft.add_argument("--finetune-lr", type=float)
-    ft.add_argument("--finetune-batch-size", type=int)
-    ft.add_argument("--finetune-image-only", action="store_true", help="keep the text tower frozen")
+    add_param_arguments(p)
     p.add_argument("--output", default="fewshot_results",
                    help="folder for results.csv, accuracy.png, run.json, prompts/")
     p.add_argument("--cache", default=os.path.join("cache", "features"))
@@ -99,29 +87,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if value != "all" and not (value.isdigit() and int(value) > 0):
             p.error(f"--{flag.replace('_', '-')} must be 'all' or a positive integer, not {value!r}")
     return args
-
-
-def method_params(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
-    """{method: hyper-parameters} from the flags (None: the class default)."""
-    shared = dict(lr=args.lr, ctx_init=args.ctx_init, n_ctx=args.n_ctx, position=args.position,
-                  progress=not args.no_progress)
-    params = {m: dict(shared, epochs=getattr(args, f"{m}_epochs"),
-                      batch_size=getattr(args, f"{m}_batch_size")) for m in PROMPT_LEARNERS}
-    params["coop"]["class_specific"] = args.class_specific
-    for m in PROMPT_LEARNERS:
-        params[m]["episodes_per_epoch"] = args.episodes_per_epoch
-    params["clip_finetune"] = dict(trainable=args.finetune_trainable, epochs=args.finetune_epochs,
-                                   lr=args.finetune_lr, batch_size=args.finetune_batch_size,
-                                   train_text=False if args.finetune_image_only else None,
-                                   progress=not args.no_progress)
-    return params
-
-
-def resolved(params: Dict[str, Dict[str, Any]], methods: List[str]) -> Dict[str, Dict[str, Any]]:
-    """The hyper-parameters each used method runs with, defaults filled in (for run.json)."""
-    from ..heads import HEADS
-    return {m: {k: (HEADS[m].defaults().get(k) if v is None else v) for k, v in params[m].items()}
-            for m in params if m in methods}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -142,6 +107,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run_cli(argv: Optional[Sequence[str]] = None) -> int:
     """``main`` in one process (or one rank)."""
     args = parse_args(argv)
+    try:                                # every head's settings, before any model is loaded
+        params = method_params(args)
+    except ParamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     splits_given = args.train_classes or args.test_classes or args.val_classes
     roots = split_root(args.data) if args.data and not (args.train or args.test) else None
     try:
@@ -151,7 +121,8 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
             if splits_given and not (args.train_classes and args.test_classes):
                 raise DatasetError("class-disjoint splits need both --train-classes and --test-classes")
             roots = roots or dict(train=args.train_classes, test=args.test_classes, val=args.val_classes)
-            return run_episodic_cli(args, load_class_splits(roots["train"], roots["test"], roots.get("val")))
+            splits = load_class_splits(roots["train"], roots["test"], roots.get("val"))
+            return run_episodic_cli(args, splits, params)
         ds = load_dataset(args.data, args.train, args.test, args.test_fraction, args.class_names)
     except (DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -162,7 +133,6 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     methods = args.methods or list(DEFAULT_METHODS)
     templates = args.templates or "imagenet7"
-    params = method_params(args)
     try:
         rows = run_study(ds, backbone, methods, args.shots, args.seeds, templates,
                          args.base_to_new, params, save_dir=os.path.join(args.output, "prompts"))
@@ -183,18 +153,18 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def open_backbone(args: argparse.Namespace):
-    """The Backbone, or None after printing the error (unknown name, missing
-    or foreign weights file)."""
-    from .backbone import Backbone
+    """The CachedEncoder of --model, or None after printing the error (unknown
+    name, missing or foreign weights file)."""
+    from .encoder import CachedEncoder
     try:
-        return Backbone(args.model, args.cache, args.device, args.batch_size, not args.no_progress,
+        return CachedEncoder(args.model, args.cache, args.device, args.batch_size, not args.no_progress,
                         args.features)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return None
 
 
-def run_episodic_cli(args: argparse.Namespace, splits) -> int:
+def run_episodic_cli(args: argparse.Namespace, splits, params: Dict[str, Dict[str, Any]]) -> int:
     """Multi-task episodic training and held-out evaluation (--train-classes ...)."""
     from ..heads.episodes import parse_episode
     from .episodic import EPISODIC_METHODS, format_episodic, run_episodic
@@ -214,7 +184,6 @@ def run_episodic_cli(args: argparse.Namespace, splits) -> int:
     if backbone is None:
         return 2
     templates = args.templates or "single"
-    params = method_params(args)
     way = None if args.eval_way == "all" else int(args.eval_way)
     query = None if args.query == "all" else int(args.query)
     try:

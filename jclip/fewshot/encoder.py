@@ -1,4 +1,4 @@
-"""The CLIP a study runs on, with cached image and prompt features.
+"""The CLIP a study runs on, its image and prompt features through the cache.
 
 Under mpirun (``jclip.distributed``) every rank makes the same calls: each
 encodes an equal contiguous shard of the images or prompts the cache lacks,
@@ -12,12 +12,9 @@ import numpy as np
 
 from .. import distributed
 
-# prompts per forward pass (encode_texts' and the prompt cache's default)
-TEXT_BATCH = 256
 
-
-class Backbone:
-    """A loaded CLIP with cached image and text encoders.
+class CachedEncoder:
+    """A loaded CLIP whose image and text encoders go through the feature cache.
 
     Parameters: model_name: a CLIP name (ViT-B/32, ...) or weights file;
     cache_dir: the feature cache (jclip.features); device: 'cpu', 'cuda' or
@@ -36,17 +33,11 @@ class Backbone:
         self.name, self.sha = self.model.name, weights_sha256(self.model)
         self.cache_dir, self.batch_size, self.progress = cache_dir, batch_size, progress
         self.given = bool(features)
-        self.features = self._precomputed(features) if self.given and distributed.is_root() else None
-
-    def _precomputed(self, folder: str):
-        """The checked ``jclip.extract`` folder (its weights and preprocessing are ours)."""
-        from ..extract import FeaturesError, load_features
-        f = load_features(folder)
-        for what, want in (("weights_sha256", self.sha), ("preprocess_id", self.preprocess.id)):
-            if f.index.get(what) != want:
-                raise FeaturesError(f"{folder}: features of other {what.split('_')[0]} than "
-                                    f"{self.name} ({str(f.index.get(what))[:16]} vs {want[:16]})")
-        return f
+        if self.given and distributed.is_root():     # the folder must hold this model's features
+            from ..extract import load_features_for
+            self.features = load_features_for(features, self.sha, self.preprocess.id, self.name)
+        else:
+            self.features = None
 
     def images(self, paths: Sequence[str]) -> Optional[np.ndarray]:
         """(N, D) normalised features of image files (cached; unreadable files
@@ -84,7 +75,7 @@ class Backbone:
                      templates: Union[str, Sequence[str]]) -> Optional[np.ndarray]:
         """(C, D) zero-shot class weights from prompt templates (prompts cached);
         under mpirun None on the ranks other than 0."""
-        from ..features.encode import encode_texts
+        from ..features.encode import TEXT_BATCH, encode_texts
         from ..features.cache import cached_text_encoder
         from ..heads import text_classifier_weights
         alone = distributed.world_size() == 1

@@ -102,7 +102,7 @@ def run_study(ds: Dataset, backbone, methods: Sequence[str], shots_list: Sequenc
               save_dir: Optional[str] = None, log: Callable[[str], None] = print) -> List[dict]:
     """Fit and score every method x shots x seed.
 
-    Parameters: ds: the dataset; backbone: a ``Backbone`` (features and text
+    Parameters: ds: the dataset; backbone: a ``CachedEncoder`` (features and text
     weights); methods: HEADS names; templates: prompt set for the text
     weights; base_to_new: see the module docstring; params: {method:
     {hyper-parameter: value}}; save_dir: where learned prompts

@@ -62,6 +62,16 @@ class LinearProbe(Head):
                           RuntimeWarning, stacklevel=3)
         return res.x
 
+    def check_params(self):
+        """The C grid (sorted) and the solver's limits, checked (see ``Head.check_params``)."""
+        p = super().check_params()
+        p["Cs"] = tuple(sorted(check_number("Cs", c, 0.0, strictly=True) for c in np.atleast_1d(p["Cs"])))
+        if not p["Cs"]:
+            raise ValueError("Cs is empty")
+        p["max_iter"] = check_number("max_iter", p["max_iter"], 1, integer=True)
+        p["gtol"] = check_number("gtol", p["gtol"], 0.0, strictly=True)
+        return p
+
     def fit(self, features: np.ndarray, labels: Optional[np.ndarray] = None,
             val_features: Optional[np.ndarray] = None,
             val_labels: Optional[np.ndarray] = None) -> "LinearProbe":
@@ -70,11 +80,8 @@ class LinearProbe(Head):
         Parameters: val_features / val_labels: the split that picks C.
         Returns: self.
         """
-        Cs = tuple(sorted(check_number("Cs", c, 0.0, strictly=True) for c in np.atleast_1d(self.Cs)))
-        if not Cs:
-            raise ValueError("Cs is empty")
-        max_iter = check_number("max_iter", self.max_iter, 1, integer=True)
-        gtol = check_number("gtol", self.gtol, 0.0, strictly=True)
+        p = self.check_params()
+        Cs, max_iter, gtol = p["Cs"], p["max_iter"], p["gtol"]
         x = as_features(features).astype(np.float64)
         if labels is None:
             raise ValueError("LinearProbe needs labels")

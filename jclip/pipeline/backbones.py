@@ -30,8 +30,6 @@ from ..progress import progress
 
 # a zero row marks an unreadable image (real features are unit length)
 READABLE_NORM = 0.5
-# prompts per chunk handed to the text encoder (whole classes)
-TEXT_BATCH = 256
 
 
 @contextmanager
@@ -51,9 +49,9 @@ def load_backbone(spec, device: Optional[str]):
 
 
 @dataclass
-class Tower:
-    """A loaded CLIP backbone: its key, model, preprocessing, configuration
-    section and weights SHA-256."""
+class LoadedBackbone:
+    """A CLIP backbone the pipeline loaded: its key, model, preprocessing,
+    ``BackboneSpec`` (the configuration's entry) and weights SHA-256."""
     key: str
     model: Any
     preprocess: Any
@@ -65,9 +63,9 @@ class Tower:
         return int(self.model.text_projection.shape[1])
 
 
-def _image_encoder(towers: Sequence[Tower], cfg, total: int, desc: str, errors: Dict[str, str]):
+def _image_encoder(backbones: Sequence[LoadedBackbone], cfg, total: int, desc: str, errors: Dict[str, str]):
     """(encode, close): encode(paths) -> (n, sum of widths) features of every
-    tower side by side, each image decoded once (the towers share a
+    backbone side by side, each image decoded once (the backbones share a
     preprocessing); unreadable rows stay zero and their messages go to
     ``errors``.  The progress bar (rank 0 only) counts images."""
     from ..data.images import iter_batches
@@ -82,10 +80,10 @@ def _image_encoder(towers: Sequence[Tower], cfg, total: int, desc: str, errors: 
             bar = progress(total=mine, desc=f"encoding {desc}" + (
                 f" ({distributed.where()})" if distributed.world_size() > 1 else ""),
                 unit="img", enabled=distributed.is_root())
-        out = np.zeros((len(chunk), sum(t.dim for t in towers)), np.float32)
-        for idx, batch, errs in iter_batches(chunk, towers[0].preprocess, bs, cfg.workers):
+        out = np.zeros((len(chunk), sum(t.dim for t in backbones)), np.float32)
+        for idx, batch, errs in iter_batches(chunk, backbones[0].preprocess, bs, cfg.workers):
             if len(idx):
-                out[idx] = np.concatenate([encode_images(t.model, batch, bs) for t in towers], axis=1)
+                out[idx] = np.concatenate([encode_images(t.model, batch, bs) for t in backbones], axis=1)
             errors.update(errs)
             bar.update(len(idx) + len(errs))
         return out
@@ -93,8 +91,8 @@ def _image_encoder(towers: Sequence[Tower], cfg, total: int, desc: str, errors: 
     return encode, lambda: bar is not None and bar.close()
 
 
-def _cached_images(tower: Tower, paths: List[str], cfg, encoder: Callable) -> np.ndarray:
-    """Rank 0: ``tower``'s features of ``paths`` through the feature cache
+def _cached_images(backbone: LoadedBackbone, paths: List[str], cfg, encoder: Callable) -> np.ndarray:
+    """Rank 0: ``backbone``'s features of ``paths`` through the feature cache
     (``encoder`` encodes what it lacks)."""
     from ..features.cache import encode_images_cached
     if not cfg.cache_dir:
@@ -102,20 +100,20 @@ def _cached_images(tower: Tower, paths: List[str], cfg, encoder: Callable) -> np
     # chunks of several batches keep the loader's decode-ahead busy; under
     # mpirun one chunk, so each rank takes one contiguous shard of the list
     chunk = int(cfg.batch_size) * 8 if distributed.world_size() == 1 else max(1, len(paths))
-    return encode_images_cached(paths, encoder, tower.spec.model, tower.sha256, tower.preprocess.id,
+    return encode_images_cached(paths, encoder, backbone.spec.model, backbone.sha256, backbone.preprocess.id,
                                 cfg.cache_dir, batch_size=chunk, progress=False)
 
 
-def encode_files(towers: Sequence[Tower], paths: Sequence[str], cfg, desc: str = "images",
+def encode_files(backbones: Sequence[LoadedBackbone], paths: Sequence[str], cfg, desc: str = "images",
                  errors: Optional[Dict[str, str]] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """Features of image files on towers that share a preprocessing, each image
+    """Features of image files on backbones that share a preprocessing, each image
     decoded once for all of them, through the feature cache.
 
     Under mpirun every rank calls this with the same arguments: each encodes an
     equal contiguous shard (cut at batch boundaries, so every forward pass sees
     the batch one process would) and rank 0 gets the rows and keeps the cache.
 
-    Parameters: towers: loaded backbones with one ``preprocess.id``; paths:
+    Parameters: backbones: loaded backbones with one ``preprocess.id``; paths:
     image files; cfg: the configuration (batch_size, workers, cache_dir);
     desc: the progress bar's label; errors: collects ``{path: message}`` of
     files that could not be decoded (not printed here).
@@ -125,23 +123,23 @@ def encode_files(towers: Sequence[Tower], paths: Sequence[str], cfg, desc: str =
     paths = list(paths)
     errors = {} if errors is None else errors
     mine: Dict[str, str] = {}
-    encode_all, close_all = _image_encoder(towers, cfg, len(paths), desc, mine)
+    encode_all, close_all = _image_encoder(backbones, cfg, len(paths), desc, mine)
     bs = int(cfg.batch_size)
-    stash: Dict[str, Dict[str, np.ndarray]] = {t.key: {} for t in towers[1:]}
+    stash: Dict[str, Dict[str, np.ndarray]] = {t.key: {} for t in backbones[1:]}
     feats: Dict[str, np.ndarray] = {}
 
     def lead(encoder):
         def both(chunk):
             rows = np.asarray(encoder(chunk))
-            cut = np.cumsum([t.dim for t in towers])[:-1]
-            for t, part in zip(towers[1:], np.split(rows, cut, axis=1)[1:]):
+            cut = np.cumsum([t.dim for t in backbones])[:-1]
+            for t, part in zip(backbones[1:], np.split(rows, cut, axis=1)[1:]):
                 stash[t.key].update(zip(chunk, part))
-            return rows[:, :towers[0].dim]
-        return _cached_images(towers[0], paths, cfg, both)
+            return rows[:, :backbones[0].dim]
+        return _cached_images(backbones[0], paths, cfg, both)
 
     try:
-        feats[towers[0].key] = distributed.drive(lead, encode_all, unit=bs)
-        for t in towers[1:]:
+        feats[backbones[0].key] = distributed.drive(lead, encode_all, unit=bs)
+        for t in backbones[1:]:
             # the lead's pass encoded these too; encode afresh what it did not
             encode_one, close_one = _image_encoder([t], cfg, len(paths), desc, mine)
             try:
@@ -158,14 +156,14 @@ def encode_files(towers: Sequence[Tower], paths: Sequence[str], cfg, desc: str =
     if not distributed.is_root():
         return {}
     out = {}
-    for t in towers:
+    for t in backbones:
         good = np.linalg.norm(feats[t.key], axis=1) > READABLE_NORM
         print(f"    {t.key}: {int(good.sum())} of {len(paths)} images encoded", flush=True)
         out[t.key] = (feats[t.key], good)
     return out
 
 
-def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[str] = None,
+def text_weights(backbone: LoadedBackbone, names: Sequence[str], cfg, templates: Optional[str] = None,
                  desc: str = "prompts") -> Optional[np.ndarray]:
     """(C, D) zero-shot class weights of ``names`` from a template set (default the
     configuration's ``templates``), every prompt encoded once (cached per prompt).
@@ -178,7 +176,7 @@ def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[st
     the ranks in whole classes; rank 0 gets the weights, the others None.
     """
     from ..features.cache import cached_text_encoder
-    from ..features.encode import encode_texts
+    from ..features.encode import TEXT_BATCH, encode_texts
     from ..heads import class_prompts, text_classifier_weights
     templates = templates or cfg.templates
     per = len(class_prompts(names[0], templates, cfg.domain_suffix))
@@ -192,7 +190,7 @@ def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[st
                            desc=f"encoding {desc}", unit="prompt", enabled=distributed.is_root())
         out = []
         for i in range(0, len(texts), per):
-            out.append(encode_texts(tower.model, texts[i:i + per], per))
+            out.append(encode_texts(backbone.model, texts[i:i + per], per))
             bar.update(len(out[-1]))
         return np.concatenate(out)
 
@@ -205,7 +203,7 @@ def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[st
         if cfg.cache_dir:
             # whole classes per chunk; under mpirun one chunk, split over the ranks
             chunk = per * max(1, TEXT_BATCH // per) if distributed.world_size() == 1 else max(1, total)
-            encoder = cached_text_encoder(encoder, tower.spec.model, tower.sha256, cfg.cache_dir,
+            encoder = cached_text_encoder(encoder, backbone.spec.model, backbone.sha256, cfg.cache_dir,
                                           batch_size=chunk, progress=False)
         return text_classifier_weights(names, encoder, templates, cfg.domain_suffix)
 
@@ -215,7 +213,7 @@ def text_weights(tower: Tower, names: Sequence[str], cfg, templates: Optional[st
         if bar is not None:
             bar.close()
     if distributed.is_root():
-        print(f"    {tower.key}: {sum(encoded)} of {total} prompts encoded "
+        print(f"    {backbone.key}: {sum(encoded)} of {total} prompts encoded "
               f"({total - sum(encoded)} from the cache)", flush=True)
     return weights
 
@@ -235,24 +233,24 @@ class Encoded:
     sha256: Dict[str, str] = field(default_factory=dict)
 
 
-def load_towers(cfg, keys: Sequence[str], device: Optional[str],
+def load_backbones(cfg, keys: Sequence[str], device: Optional[str],
                 trained_sha256: Optional[Dict[str, str]] = None,
-                times: Optional[Dict[str, float]] = None) -> List[Tower]:
+                times: Optional[Dict[str, float]] = None) -> List[LoadedBackbone]:
     """Load each backbone of ``keys``; refuse weights other than those its heads
     were trained with (``trained_sha256`` {key: SHA-256})."""
     from ..models.load import weights_sha256
-    towers = []
+    backbones = []
     for key in keys:
         spec = cfg.backbones[key]
         with step(f"{key}: load {spec.weights}", {} if times is None else times):
             model, pre = load_backbone(spec, device)
-        tower = Tower(key, model, pre, spec, weights_sha256(model))
-        want = (trained_sha256 or {}).get(key, tower.sha256)
-        if want != tower.sha256:
+        backbone = LoadedBackbone(key, model, pre, spec, weights_sha256(model))
+        want = (trained_sha256 or {}).get(key, backbone.sha256)
+        if want != backbone.sha256:
             raise ContestFormatError(f"{spec.weights}: not the weights the heads on {key} were "
                                      f"trained with (manifest {str(want)[:12]}...); run train.sh again")
-        towers.append(tower)
-    return towers
+        backbones.append(backbone)
+    return backbones
 
 
 def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[str]],
@@ -281,7 +279,7 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
     n = sum(len(g) for g in path_groups)
     out = Encoded(readable=np.ones(n, bool))
     errors: Dict[str, str] = {}
-    loaded = load_towers(cfg, keys, device, trained_sha256, times)
+    loaded = load_backbones(cfg, keys, device, trained_sha256, times)
     out.sha256.update({t.key: t.sha256 for t in loaded})
     given = {t.key: t for t in loaded if t.key in (features or {})}
     for key, t in given.items():
@@ -289,16 +287,16 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
             if distributed.is_root():
                 out.features[key], ok = precomputed(t, features[key], [p for g in path_groups for p in g])
                 out.readable &= ok
-    # towers with one preprocessing share each image's decode
-    groups: Dict[str, List[Tower]] = {}
+    # backbones with one preprocessing share each image's decode
+    groups: Dict[str, List[LoadedBackbone]] = {}
     for t in loaded:
         if t.key not in given:
             groups.setdefault(t.preprocess.id, []).append(t)
-    for towers in groups.values():
-        group = [t.key for t in towers]
-        with step(f"{' + '.join(group)}: encode {n} images" + (" (decoded once)" if len(towers) > 1 else ""),
+    for backbones in groups.values():
+        group = [t.key for t in backbones]
+        with step(f"{' + '.join(group)}: encode {n} images" + (" (decoded once)" if len(backbones) > 1 else ""),
                   times):
-            parts = [encode_files(towers, g, cfg, "+".join(group), errors) for g in path_groups if g]
+            parts = [encode_files(backbones, g, cfg, "+".join(group), errors) for g in path_groups if g]
             if distributed.is_root():
                 for key in group:
                     out.features[key] = np.concatenate([p[key][0] for p in parts])
@@ -322,17 +320,13 @@ def encode_backbones(cfg, keys: Sequence[str], path_groups: Sequence[Sequence[st
     return out
 
 
-def precomputed(tower: Tower, folder: str, paths: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+def precomputed(backbone: LoadedBackbone, folder: str, paths: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
     """(features, readable) of ``paths`` from a ``jclip.extract`` folder, refused
-    (FeaturesError naming the folder) unless it holds them from ``tower``'s
+    (FeaturesError naming the folder) unless it holds them from ``backbone``'s
     weights and preprocessing."""
-    from ..extract import FeaturesError, load_features
-    f = load_features(folder)
-    for what, want in (("weights_sha256", tower.sha256), ("preprocess_id", tower.preprocess.id)):
-        if f.index.get(what) != want:
-            raise FeaturesError(f"{folder}: features of other {what.split('_')[0]} than backbone "
-                                f"{tower.key} ({str(f.index.get(what))[:16]} vs {want[:16]})")
-    return f.rows(paths)
+    from ..extract import load_features_for
+    return load_features_for(folder, backbone.sha256, backbone.preprocess.id,
+                             f"backbone {backbone.key}").rows(paths)
 
 
 def relative_to(root: str, items: Sequence[Tuple[str, int]]) -> List[str]:

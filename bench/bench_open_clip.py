@@ -1,13 +1,15 @@
 """open_clip's ViT-B-16 (GELU, LAION/DataComp architecture): jclip vs open_clip, one run.
 
-    .venv/bin/python bench/bench_open_clip.py [--arch ViT-B-16] [--batch 32] [--prompts 256] [--repeats 3]
-                                              [--device cpu|cuda]
+    .venv/bin/python bench/bench_open_clip.py [--arch ViT-B-16] [--batch 32] [--prompts 256] [--rounds 3]
+                                              [--repeats 1] [--device cpu|cuda]
 
 open_clip builds the architecture from its model configuration with random
 weights; jclip builds the same state dict with the architecture facts it
 ships (jclip/models/configs/architectures.json).  Same input batch, same
-thread count, best of ``--repeats`` timed runs after a warm-up; the table
-reports images/s and prompts/s of each, the ratio, and the largest
+thread count; the two sides are timed in turn within each of ``--rounds``
+rounds (best of ``--repeats``) after a warm-up; the table reports images/s
+and prompts/s of each in the median round, the median of the per-round
+ratios (every round's in brackets), and the largest
 difference of the normalised features (the run is also a parity check).
 """
 import argparse
@@ -23,7 +25,7 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 
 from jclip.models.clip import build_model, normalize  # noqa: E402
-from timing import best_time  # noqa: E402  (bench/ is the script's folder)
+from timing import interleaved, median_ratio  # noqa: E402  (bench/ is the script's folder)
 
 
 def main():
@@ -31,7 +33,8 @@ def main():
     ap.add_argument("--arch", default="ViT-B-16")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args()
     threads = os.cpu_count()
@@ -76,10 +79,12 @@ def main():
     for what, n, ours, theirs in (("encode_image", args.batch, jt_image, torch_image),
                                   ("encode_text", len(tokens), jt_text, torch_text)):
         diff = float(np.abs(ours() - theirs()).max())
-        t_ours, t_ref = best_time(ours, args.repeats), best_time(theirs, args.repeats)
+        t = interleaved({"jclip": ours, "ref": theirs}, args.rounds, args.repeats)
+        t_ours, t_ref = sorted(t["jclip"])[len(t["jclip"]) // 2], sorted(t["ref"])[len(t["ref"]) // 2]
+        rounds = ", ".join(f"{r / o:.2f}" for r, o in zip(t["ref"], t["jclip"]))
         unit = "images/s" if what == "encode_image" else "prompts/s"
-        print(f"| {what}, batch {n} ({unit}) | {n / t_ref:.2f} | {n / t_ours:.2f} | {t_ref / t_ours:.2f} "
-              f"| {diff:.2e} |")
+        print(f"| {what}, batch {n} ({unit}) | {n / t_ref:.2f} | {n / t_ours:.2f} "
+              f"| {median_ratio(t['ref'], t['jclip']):.2f} ({rounds}) | {diff:.2e} |", flush=True)
     sys.stdout.flush()
 
 

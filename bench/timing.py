@@ -5,17 +5,6 @@ import statistics
 import time
 
 
-def best_time(fn, repeats):
-    """Seconds of the fastest of ``repeats`` calls of ``fn``, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def interleaved(fns, rounds, repeats=1):
     """{name: [seconds per round]} for the functions in ``fns`` ({name: fn}),
     timed in turn within each round (best of ``repeats``), so that a load

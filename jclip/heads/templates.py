@@ -7,57 +7,13 @@ openai/CLIP's "Prompt_Engineering_for_ImageNet" notebook.
 import re
 from typing import List, Sequence, Tuple, Union
 
-SINGLE_TEMPLATE = ("a photo of a {}.",)
+from ..catalog import template_sets
 
-IMAGENET_7_TEMPLATES = (
-    "itap of a {}.",
-    "a origami {}.",
-    "a bad photo of the {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
-
-IMAGENET_80_TEMPLATES = (
-    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
-    "a photo of the hard to see {}.", "a low resolution photo of the {}.",
-    "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
-    "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.",
-    "a photo of a hard to see {}.", "a bright photo of a {}.",
-    "a photo of a clean {}.", "a photo of a dirty {}.",
-    "a dark photo of the {}.", "a drawing of a {}.", "a photo of my {}.",
-    "the plastic {}.", "a photo of the cool {}.", "a close-up photo of a {}.",
-    "a black and white photo of the {}.", "a painting of the {}.",
-    "a painting of a {}.", "a pixelated photo of the {}.",
-    "a sculpture of the {}.", "a bright photo of the {}.",
-    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.",
-    "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.",
-    "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
-    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.",
-    "a close-up photo of the {}.", "a photo of a {}.", "the origami {}.",
-    "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.",
-    "a origami {}.", "a low resolution photo of a {}.", "the toy {}.",
-    "a rendition of the {}.", "a photo of the clean {}.",
-    "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.",
-    "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.",
-    "art of a {}.", "a sketch of the {}.", "a embroidered {}.",
-    "a pixelated photo of a {}.", "itap of the {}.",
-    "a jpeg corrupted photo of the {}.", "a good photo of a {}.",
-    "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
-    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.",
-    "a drawing of the {}.", "a photo of the large {}.",
-    "a black and white photo of a {}.", "the plushie {}.",
-    "a dark photo of a {}.", "itap of a {}.", "graffiti of the {}.",
-    "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
-    "a photo of a small {}.", "a tattoo of the {}.",
-)
-
-TEMPLATE_SETS = {
-    "single": SINGLE_TEMPLATE,
-    "imagenet7": IMAGENET_7_TEMPLATES,
-    "imagenet80": IMAGENET_80_TEMPLATES,
-}
+# The sets themselves are catalogue data (jclip/catalog/templates.json).
+TEMPLATE_SETS = template_sets()
+SINGLE_TEMPLATE = TEMPLATE_SETS["single"]
+IMAGENET_7_TEMPLATES = TEMPLATE_SETS["imagenet7"]
+IMAGENET_80_TEMPLATES = TEMPLATE_SETS["imagenet80"]
 
 # Fine-grained domains get CoOp/Tip-Adapter style suffixes
 # ("a photo of a {}, a type of food."); generic domains keep the plain ".".

@@ -35,6 +35,7 @@ def test_default_loads_with_typed_sections():
     assert cfg.sweep.lpp_epochs == (100, 300, 500) and cfg.budget.limit_on == "loaded"
     assert cfg.data.file("classes") == os.path.join("Dataset", "classes.txt")
     assert TEMPLATE_SETS == tuple(__import__("jclip.heads.templates", fromlist=["x"]).TEMPLATE_SETS)
+    assert TEMPLATE_SETS == ("single", "imagenet7", "imagenet80")     # the catalogue's, in its order
 
 
 def test_to_dict_gives_back_the_file_byte_for_byte(tmp_path):

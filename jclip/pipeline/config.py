@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
+from ..catalog import template_set_names
 from ..config_schema import (ConfigError, FrozenDict, Schema, blame_override, internal, parse_override,
                              read_json, setting, to_json)
 
@@ -43,9 +44,8 @@ __all__ = ["Config", "ConfigError", "DEFAULT_CONFIG", "load_config", "load_or_ex
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.json")
 
-# Names of jclip.heads.templates.TEMPLATE_SETS (kept here so that checking a
-# configuration does not import the heads; tests/test_config.py keeps them equal).
-TEMPLATE_SETS = ("single", "imagenet7", "imagenet80")
+# the prompt template sets by name, from the catalogue (no heads, no numpy imported)
+TEMPLATE_SETS = template_set_names()
 DEVICES = ("cpu", "cuda")
 DOG_HEAD_MODES = ("fast", "full")
 LIMIT_ON = ("loaded", "by-use", "by-calls", "both", "all")

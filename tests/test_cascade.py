@@ -161,13 +161,15 @@ def test_manifest_refuses_a_replaced_or_missing_head(tmp_path):
 # InMaP stops once the proxies stop moving, with the official result
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("c,d,n,stops", [
-    pytest.param(40, 512, 2000, True, marks=pytest.mark.slow),   # reaches a fixed point at step 312
-    (8, 32, 100, False),        # a few near-zero entries drift by an ulp every step: no stop
+@pytest.mark.parametrize("c,d,n", [
+    pytest.param(40, 512, 2000, marks=pytest.mark.slow),   # reached a fixed point at step 312 on one CPU
+    (8, 32, 100),        # a few near-zero entries drift by an ulp every step on most CPUs
 ])
-def test_inmap_early_stop_is_bit_identical_to_every_official_step(monkeypatch, c, d, n, stops):
-    """InMaP stops only where a step leaves the proxies unchanged bit for bit;
-    the proxies and snapshots equal those of running all 2,000 official steps."""
+def test_inmap_early_stop_is_bit_identical_to_every_official_step(monkeypatch, c, d, n):
+    """InMaP stops exactly after the first step that leaves the proxies unchanged
+    bit for bit (whether such a step comes depends on the machine's arithmetic,
+    so the reference finds it on this machine), and its proxies and snapshots
+    equal those of running all 2,000 official steps."""
     import jclip.heads.inmap as inmap_mod
     from jclip.heads import InMaP
     rng = np.random.default_rng(0)
@@ -178,15 +180,19 @@ def test_inmap_early_stop_is_bit_identical_to_every_official_step(monkeypatch, c
     step = inmap_mod.proxy_step
     # reference: the official loop, every one of the 2,000 steps
     target = inmap_mod.harden(inmap_mod.sinkhorn(x @ t.T, 0.01, 0.0, 20), 0.6).T.astype(x.dtype) @ x
-    p, lr, g, ref = t.copy(), 10.0, np.inf, {}
+    p, lr, g, ref, fixed_at = t.copy(), 10.0, np.inf, {}, None
     for i in range(2000):
-        p, lr, g = step(x, p, target, lr, 0.04, g)
+        new, lr, g = step(x, p, target, lr, 0.04, g)
+        if fixed_at is None and new.tobytes() == p.tobytes():
+            fixed_at = i + 1
+        p = new
         if i + 1 in (100, 1900):
             ref[i + 1] = p.copy()
     calls = []
     monkeypatch.setattr(inmap_mod, "proxy_step", lambda *a: calls.append(1) or step(*a))
     head = InMaP(t, iters=2000, snapshots=(100, 1900)).fit(x)
-    assert (len(calls) < 1000) if stops else (len(calls) == 2000)
+    assert len(calls) == (fixed_at or 2000)
     assert head.proxies_.tobytes() == p.tobytes()
     assert all(head.snapshots_[k].tobytes() == ref[k].tobytes() for k in ref)
-    assert head.logits(x, at_iter=1900).tobytes() == head.logits(x).tobytes() or not stops
+    if fixed_at is not None and fixed_at <= 1900:
+        assert head.logits(x, at_iter=1900).tobytes() == head.logits(x).tobytes()

@@ -1,4 +1,5 @@
 """Shared test setup: jclip is imported first so Jittor starts with its safe defaults."""
+import contextlib
 import io
 import os
 import sys
@@ -9,6 +10,30 @@ os.environ.setdefault("log_silent", "1")  # keep Jittor's info logs out of test 
 import jclip  # noqa: E402,F401  (must precede any `import jittor`)
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py and friends
+
+
+@contextlib.contextmanager
+def restored_environ():
+    """os.environ as it was on entry, whatever the body set or removed.
+
+    A variable one test leaves behind reaches every later test and the
+    subprocesses they start: ``use_mkl=0`` left by jittor_env.configure()
+    once made every later Jittor subprocess run without oneDNN (full-size
+    encodes 40x slower), and monkeypatch.delenv of an absent name restores
+    nothing."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        if dict(os.environ) != saved:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _no_environ_leaks():
+    with restored_environ():
+        yield
 
 
 def _photos():

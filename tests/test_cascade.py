@@ -196,3 +196,43 @@ def test_inmap_early_stop_is_bit_identical_to_every_official_step(monkeypatch, c
     assert all(head.snapshots_[k].tobytes() == ref[k].tobytes() for k in ref)
     if fixed_at is not None and fixed_at <= 1900:
         assert head.logits(x, at_iter=1900).tobytes() == head.logits(x).tobytes()
+
+
+@pytest.mark.parametrize("still_from", [1, 37, 1999])
+def test_inmap_stops_after_the_first_unchanged_step_on_any_machine(monkeypatch, still_from):
+    """Whether real arithmetic ever reaches a bit-exact fixed point differs
+    between CPUs, so here one is planted: from step ``still_from`` on the
+    step returns its input proxies unchanged.  InMaP must take exactly one
+    step past the last moving one, and its proxies and snapshots (those after
+    the stop included) must equal the official loop's over all 2,000 steps."""
+    import jclip.heads.inmap as inmap_mod
+    from jclip.heads import InMaP
+    rng = np.random.default_rng(1)
+    t = rng.normal(size=(8, 32)).astype(np.float32)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    x = t[rng.integers(0, 8, 100)] * 0.3 + rng.normal(size=(100, 32)).astype(np.float32) * 0.04
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    step = inmap_mod.proxy_step
+
+    def planted(calls):
+        def proxy_step(x, p, target, lr, tau_i, g):
+            calls.append(1)
+            new, lr, g = step(x, p, target, lr, tau_i, g)
+            return (p.copy() if len(calls) >= still_from else new), lr, g
+        return proxy_step
+
+    keep = sorted({1, still_from, min(still_from + 1, 2000), 100, 1900})
+    target = inmap_mod.harden(inmap_mod.sinkhorn(x @ t.T, 0.01, 0.0, 20), 0.6).T.astype(x.dtype) @ x
+    official, p, lr, g, ref = planted([]), t.copy(), 10.0, np.inf, {}
+    for i in range(2000):
+        p, lr, g = official(x, p, target, lr, 0.04, g)
+        if i + 1 in keep:
+            ref[i + 1] = p.copy()
+    assert still_from == 1 or ref[1].tobytes() != t.tobytes()     # the planted stop is the first
+    calls = []
+    monkeypatch.setattr(inmap_mod, "proxy_step", planted(calls))
+    head = InMaP(t, iters=2000, snapshots=keep).fit(x)
+    assert len(calls) == still_from
+    assert head.proxies_.tobytes() == p.tobytes()
+    assert sorted(head.snapshots_) == keep
+    assert all(head.snapshots_[k].tobytes() == ref[k].tobytes() for k in keep)

@@ -12,10 +12,11 @@ import argparse
 import os
 import sys
 
+from jclip.catalog import DEFAULT_MODELS, available, card_for_sha256
 from jclip.io import sha256_file
-from jclip.weights import download as dl, hub
-from jclip.weights.checkpoint import FORMATS, CheckpointError, convert_checkpoint, \
-    format_for_path, is_up_to_date, read_meta, sniff_format
+from jclip.weights import download as dl
+from jclip.weights.checkpoint import FORMATS, CheckpointError, format_for_path
+from jclip.weights.convert import convert_checkpoint, convert_model, is_up_to_date
 
 # What one failed model may raise (anything else is a bug and should show).
 FAILURES = (CheckpointError, ValueError, KeyError, OSError)
@@ -23,59 +24,6 @@ FAILURES = (CheckpointError, ValueError, KeyError, OSError)
 
 def _dtype(args):
     return "float16" if args.half else "float32"
-
-
-def convert_one(src, out, model, dtype, force, expected_sha=None, log=print):
-    """Convert src -> out unless out is up to date; returns "skipped" or
-    "converted"."""
-    sha = sha256_file(src)
-    if expected_sha is not None and sha != expected_sha:
-        raise CheckpointError(
-            f"{src}: SHA-256 is {sha}, expected {expected_sha} (a corrupt or "
-            "different file): delete it to download it again, or, offline, convert "
-            f"this very file on its own: python convert.py {src} --out FILE")
-    if not force and is_up_to_date(out, sha, dtype):
-        log(f"{out}: up to date (source {os.path.basename(src)}, "
-            f"sha256 {sha[:12]}...)")
-        return "skipped"
-    log(f"{src} -> {out} ({dtype})")
-    convert_checkpoint(src, out, model=model, dtype=dtype, source_sha256=sha)
-    return "converted"
-
-
-def convert_model(name, src_dir, out_dir, dtype, force=False,
-                  allow_download=True, progress=True, log=print,
-                  fmt="safetensors", timeout=dl.STALL_TIMEOUT, max_time=dl.MAX_TIME):
-    """Make out_dir/<weights> for a named model, fetching the original into
-    src_dir first when it is missing.  The original is checked against the
-    model card's published SHA-256 whatever URL it comes from."""
-    if hub.handles(name):   # open_clip's: the hash is the hub's (weights/hub.py)
-        return hub.convert_model(name, src_dir, out_dir, dtype, force, allow_download, progress,
-                                 log, fmt, timeout, max_time)
-    try:
-        url, expected = dl.model_source(name)
-    except KeyError:
-        raise CheckpointError(
-            f"{name}: unknown model; known: {', '.join(dl.model_urls())}") from None
-    src = os.path.join(src_dir, dl.source_filename(name, {name: url}))
-    out = os.path.join(out_dir, dl.output_filename(name, fmt))
-    if not os.path.isfile(src):
-        # An up-to-date output needs no original: OpenAI's by its published
-        # hash; ConvNeXt (no published hash) by the model recorded in it.
-        meta = read_meta(out) if not force else None
-        if meta and meta.get("dtype") == dtype and (
-                meta.get("source_sha256") == expected if expected
-                else meta.get("model") == name):
-            log(f"{out}: up to date")
-            return "skipped"
-        if not allow_download:
-            raise CheckpointError(f"{src}: missing (and --no-download given)")
-        log(f"downloading {url} -> {src}")
-        # Without a published hash, at least refuse an error page or a
-        # truncated archive before keeping it.
-        dl.download(url, src, sha256=expected, verify=sniff_format,
-                    progress=progress, timeout=timeout, max_time=max_time)
-    return convert_one(src, out, name, dtype, force, expected, log)
 
 
 def main(argv=None):
@@ -88,7 +36,7 @@ def main(argv=None):
         "  python convert.py --models ViT-B/16 RN50 --half\n"
         "  python convert.py ~/Downloads/ViT-B-32.pt --out weights/ViT-B-32.safetensors\n"
         "  python convert.py --format pkl          # Jittor .pkl files instead\n"
-        "\nknown models: " + ", ".join(dl.MODEL_URLS),
+        "\nknown models: " + ", ".join(available()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", nargs="?", metavar="PATH",
                    help="convert this one checkpoint file instead of named "
@@ -100,7 +48,7 @@ def main(argv=None):
                    help="model name recorded for PATH (default: recognised "
                    "from the published hash, else the file stem)")
     p.add_argument("--models", nargs="+", metavar="MODEL",
-                   default=list(dl.DEFAULT_MODELS),
+                   default=list(DEFAULT_MODELS),
                    help="models to convert (default: %(default)s)")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="output format (default: safetensors, or pkl for an --out ending in .pkl)")
@@ -142,7 +90,8 @@ def main(argv=None):
             args.out_dir, os.path.splitext(os.path.basename(args.path))[0] + "." + fmt)
         try:
             sha = sha256_file(args.path)
-            name = args.name or dl.known_model_for_sha256(sha)
+            card = card_for_sha256(sha)
+            name = args.name or (card.name if card else None)
             if not args.force and is_up_to_date(out, sha, dtype, fmt):
                 log(f"{out}: up to date")
             else:

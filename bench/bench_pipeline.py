@@ -78,7 +78,7 @@ def main():
     from jclip.heads import InMaP, LPPlusPlus, l2_normalize
     from jclip.data.images import preprocess_for, read_image
     from jclip import finetune
-    from jclip.models.convnext import load_convnextv2
+    from jclip.pretrained import load_convnextv2_file
 
     cfg = load_config(None, ["cache_dir=null"])
     device = use_device(a.device)
@@ -184,7 +184,7 @@ def main():
         spent += time.perf_counter() - t0
     record("LP++ logits x2 (374 cls)", len(paths), max(spent, 1e-6), "all at once")
 
-    model = load_convnextv2(weights["convnext"], num_classes=130)
+    model = load_convnextv2_file(weights["convnext"], num_classes=130)
     model.offset, model.image_size = 244, 224
     bs = cfg.dog_head.batch_size
     finetune.predict(model, paths, batch_size=bs, verbose=False)   # compile every shape

@@ -103,7 +103,8 @@ def random_convnext(size, seed=0):
 
 def write_weights(model, out, name):
     """``model``'s weights as a jclip file at ``out``, through convert.py's converter."""
-    from jclip.weights.checkpoint import convert_checkpoint, save_state_dict
+    from jclip.weights.checkpoint import save_state_dict
+    from jclip.weights.convert import convert_checkpoint
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, os.path.basename(out))

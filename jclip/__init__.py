@@ -9,7 +9,7 @@ torch-free converter and the numpy heads start instantly.
     tokens = jclip.tokenize(["a photo of a dog."])
 
 Public API (each documented where it lives): ``load``, ``available_models``,
-``use_device``, ``weights_sha256`` (models/load.py); ``tokenize``
+``use_device``, ``weights_sha256`` (models/load.py; ``load`` in pretrained.py); ``tokenize``
 (models/tokenizer.py); ``encode_images``, ``encode_image_files``,
 ``encode_texts`` (features/encode.py); ``Preprocess``, ``load_images``
 (data/images.py); ``build_model``, ``CLIP`` (models/clip.py).
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 # name -> submodule; resolved on first use (PEP 562) so `import jclip` is cheap.
 _LAZY = {
-    "available_models": "models.load", "load": "models.load", "use_device": "models.load",
+    "available_models": "models.load", "load": "pretrained", "use_device": "models.load",
     "weights_sha256": "models.load",
     "encode_images": "features.encode", "encode_image_files": "features.encode",
     "encode_texts": "features.encode",
@@ -38,7 +38,8 @@ if TYPE_CHECKING:  # the real signatures for type checkers and IDEs; never run
     from .data.images import Preprocess, load_images  # noqa: F401
     from .features.encode import encode_image_files, encode_images, encode_texts  # noqa: F401
     from .models.clip import CLIP, build_model  # noqa: F401
-    from .models.load import available_models, load, use_device, weights_sha256  # noqa: F401
+    from .models.load import available_models, use_device, weights_sha256  # noqa: F401
+    from .pretrained import load  # noqa: F401
     from .models.tokenizer import tokenize  # noqa: F401
 
 

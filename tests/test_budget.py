@@ -30,7 +30,7 @@ def test_default_counts_match_the_spec():
     assert params["RN101 image tower"] == 56_259_936 and params["RN101 text tower"] == 63_428_097
     assert any("convnextv2_base: 88,717,800" in n for n in notes)
     for name, n in (("RN50", 102_007_137), ("ViT-B/16", 149_620_737)):
-        assert budget.count(budget.clip_shapes(name)) == n
+        assert budget.count(budget.card_shapes(name)) == n
     loaded, by_use = budget.totals(rows, stages)
     clip = 151_277_313 + 119_688_033
     conv = 88_717_800 - 1_025_000 + 130 * 1025
@@ -40,13 +40,12 @@ def test_default_counts_match_the_spec():
     assert budget.by_calls(rows) == loaded
 
 
-def test_convnext_sizes_agree_with_the_model_code():
-    # read models/convnext.py's CONFIGS without importing it (it imports Jittor)
-    tree = ast.parse(open(os.path.join(REPO, "jclip", "models", "convnext.py")).read())
-    configs = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-                   and any(getattr(t, "id", None) == "CONFIGS" for t in node.targets))
-    for name, arch in budget.CONVNEXT_ARCHS.items():
-        assert configs[name.replace("convnextv2_", "")] == arch
+def test_every_convnext_size_is_counted_by_name():
+    # every ConvNeXt-V2 size of the catalogue, without weights; Tiny's 28.6M (official README)
+    cfg = load_config(None, ["data.root=/nonexistent", "dog_head.model=convnextv2_tiny",
+                             "dog_head.weights=/nonexistent/x.safetensors"])
+    _, _, notes = budget.components(cfg)
+    assert "convnextv2_tiny: 28,635,496 with its ImageNet head, from architecture convnextv2_tiny" in notes
 
 
 def test_budget_py_output_and_exit_status():
@@ -104,27 +103,27 @@ def test_budget_does_not_import_jittor(tmp_path):
 
 
 def test_unknown_model_without_weights_is_a_clear_error(tmp_path):
-    r = run_budget("--set", "dog_head.model=convnextv2_tiny", "--set", f"dog_head.weights={tmp_path / 'x.pkl'}")
+    r = run_budget("--set", "dog_head.model=convnextv2_mine", "--set", f"dog_head.weights={tmp_path / 'x.pkl'}")
     assert r.returncode == 1 and r.stderr.strip().startswith(f"error: {tmp_path / 'x.pkl'}: weights not found")
 
 
-def test_model_not_known_by_name_is_counted_from_its_file(tmp_path, monkeypatch):
-    # a ConvNeXt-V2-Atto file (official names, ImageNet head): counted from its shapes on disk
+def test_model_not_known_by_name_is_counted_from_its_file(tmp_path):
+    # a ConvNeXt-V2 of a size the catalogue does not have (official names,
+    # ImageNet head): counted from its shapes on disk
+    from jclip.catalog import ConvNeXtArch, state_dict_layout
     from jclip.weights.checkpoint import save_state_dict
     import numpy as np
-    monkeypatch.setitem(budget.CONVNEXT_ARCHS, "atto", ((2, 2, 6, 2), (40, 80, 160, 320)))
-    shapes = budget.convnext_shapes("atto")
-    monkeypatch.delitem(budget.CONVNEXT_ARCHS, "atto")
-    path = tmp_path / "convnextv2_atto_1k_224_ema.safetensors"
+    shapes = state_dict_layout(ConvNeXtArch("mine", (1, 1, 2, 1), (8, 16, 32, 40)))
+    path = tmp_path / "convnextv2_mine.safetensors"
     save_state_dict(str(path), {k: np.zeros(s, np.float32) for k, s in shapes.items()}, {})
-    cfg = load_config(None, ["data.root=/nonexistent", "dog_head.model=convnextv2_atto",
+    cfg = load_config(None, ["data.root=/nonexistent", "dog_head.model=convnextv2_mine",
                              f"dog_head.weights={path}"])
     rows, _, notes = budget.components(cfg)
     params = dict(rows)
     full = budget.count(shapes)
-    assert params["convnextv2_atto backbone (without its 321,000-parameter ImageNet head)"] == full - 321_000
-    assert params["dog head (130-way, 320->130)"] == 321 * 130
-    assert f"convnextv2_atto: {full:,} with its ImageNet head, from {path}" in notes
+    assert params["convnextv2_mine backbone (without its 41,000-parameter ImageNet head)"] == full - 41_000
+    assert params["dog head (130-way, 40->130)"] == 41 * 130
+    assert f"convnextv2_mine: {full:,} with its ImageNet head, from {path}" in notes
 
 
 def test_every_clip_card_is_counted_as_open_clip_builds_it():
@@ -132,15 +131,15 @@ def test_every_clip_card_is_counted_as_open_clip_builds_it():
     # meta device: no memory) for every CLIP card, OpenAI's and open_clip's
     torch = pytest.importorskip("torch")
     open_clip = pytest.importorskip("open_clip")
-    from jclip.models.registry import CARDS
-    for name in budget.CLIP_ARCHS:
-        arch = CARDS[name].architecture.name
+    from jclip.catalog import available, get_card
+    for name in available("clip"):
+        arch = get_card(name).architecture.name
         with torch.device("meta"):
             ref = open_clip.model.CLIP(**open_clip.get_model_config(arch))
         ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
-        assert budget.clip_shapes(name) == ref_shapes, name
-        assert budget.count(budget.clip_shapes(name)) == sum(p.numel() for p in ref.parameters()), name
-    assert budget.count(budget.clip_shapes("ViT-B-32/laion2b_s34b_b79k")) == 151_277_313
+        assert budget.card_shapes(name) == ref_shapes, name
+        assert budget.count(budget.card_shapes(name)) == sum(p.numel() for p in ref.parameters()), name
+    assert budget.count(budget.card_shapes("ViT-B-32/laion2b_s34b_b79k")) == 151_277_313
 
 
 def test_open_clip_backbone_counted_by_name(tmp_path):

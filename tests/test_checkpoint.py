@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import jclip  # noqa: F401  (before jittor/torch: safe Jittor defaults)
-from jclip.weights.checkpoint import CheckpointError, META_KEY, convert_checkpoint, prepare_state_dict, read_state_dict, save_state_dict
+from jclip.catalog import prepare_state_dict
+from jclip.weights.checkpoint import CheckpointError, META_KEY, read_state_dict, save_state_dict
+from jclip.weights.convert import convert_checkpoint
 from jclip.io import sha256_file
 
 torch = pytest.importorskip("torch")
@@ -185,15 +187,15 @@ def test_save_half(tmp_path):
 
 
 def test_save_failure_leaves_nothing(tmp_path, monkeypatch):
-    from jclip.weights import checkpoint
-    real_write, written = checkpoint._HashingWriter.write, []
+    from jclip.weights import pkl
+    real_write, written = pkl._HashingWriter.write, []
 
     def disk_fills_up(self, b):
         if written:
             raise OSError(28, "No space left on device")
         written.append(len(b))
         return real_write(self, b)
-    monkeypatch.setattr(checkpoint._HashingWriter, "write", disk_fills_up)
+    monkeypatch.setattr(pkl._HashingWriter, "write", disk_fills_up)
     big = {f"w{i}": np.ones(100_000, np.float32) for i in range(3)}
     with pytest.raises(OSError):
         save_state_dict(tmp_path / "x.pkl", big, {})

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import jclip  # noqa: F401
-from jclip.weights.checkpoint import prepare_state_dict, read_state_dict, \
-    save_state_dict
-from jclip.weights.download import URLS_ENV, output_filename
+from jclip.catalog import prepare_state_dict
+from jclip.catalog.sources import URLS_ENV, output_filename
+from jclip.weights.checkpoint import read_state_dict, save_state_dict
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")

@@ -120,7 +120,7 @@ def test_card_and_preprocessing_match_timm(photos):
     """The convnextv2_base card (input size, crop, statistics, filter) is timm's
     pretrained configuration, and preprocess_for gives timm's eval transform."""
     from jclip.data.images import preprocess_for
-    from jclip.models.registry import get_card
+    from jclip.catalog import get_card
     card, ref_cfg = get_card("convnextv2_base"), timm.models.get_pretrained_cfg("convnextv2_base")
     assert (3, card.input_size, card.input_size) == ref_cfg.input_size
     assert (card.crop_pct, card.interpolation, card.mean, card.std) == \

@@ -172,7 +172,7 @@ def test_train_augmentation_against_torchvision(photos):
     bicubic resize, a seeded flip and the card's normalisation, as torchvision's."""
     T = pytest.importorskip("torchvision.transforms")
     from jclip.data.images import TrainTransform
-    from jclip.models.registry import get_card
+    from jclip.catalog import get_card
     card = get_card("convnextv2_base")
     ref = T.Compose([T.Resize((48, 48), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
                      T.Normalize(card.mean, card.std)])

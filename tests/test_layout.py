@@ -212,7 +212,7 @@ def test_jclip_imports_no_private_names_across_modules(jclip_imports):
 
 
 TORCH_FREE = ["jclip", "jclip.data.lists", "jclip.data.images", "jclip.data.contest",
-              "jclip.config_schema", "jclip.pipeline.config", "jclip.pipeline.budget", "jclip.models.registry"]
+              "jclip.config_schema", "jclip.pipeline.config", "jclip.pipeline.budget", "jclip.catalog"]
 
 
 def test_torch_free_parts_do_not_import_jittor():

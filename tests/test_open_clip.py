@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import jclip
-from jclip.models import open_clip as oc
-from jclip.models.registry import CARDS, get_card
+from jclip import catalog as oc
+from jclip.catalog import get_card
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -89,14 +89,15 @@ import json, os, subprocess, sys
 sys.modules['torch'] = None
 import numpy as np
 import jclip, jittor as jt
-from jclip.models import open_clip as oc
+import jclip.catalog
+from jclip.catalog.schema import architecture_from_dict
 from jclip.models.clip import build_model, normalize
 from jclip.weights.checkpoint import read_state_dict
 jobs, images, tokens = json.load(open(sys.argv[1])), np.load(sys.argv[2]), np.load(sys.argv[3])
 for job in jobs:
     if job.get("name"):
         weights = os.path.dirname(job["out"])
-        stem = jclip.models.registry.get_card(job["name"]).weights_filename()
+        stem = jclip.catalog.get_card(job["name"]).weights_filename()
         r = subprocess.run([sys.executable, "-c", "import sys, runpy; sys.modules['torch'] = None; "
                             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
                             job["convert"], job["file"], "--name", job["name"], "--quiet",
@@ -104,10 +105,10 @@ for job in jobs:
         assert r.returncode == 0, r.stderr
         model, pre = jclip.load(job["name"], device="cpu", weights=weights)
         assert model.architecture.name == job["name"].split("/")[0]
-        card = jclip.models.registry.get_card(job["name"])   # the tag's own preprocessing
+        card = jclip.catalog.get_card(job["name"])   # the tag's own preprocessing
         assert (pre.mean.ravel().tolist(), pre.resize_mode) == (np.float32(card.mean).tolist(), card.resize_mode)
     else:
-        arch = oc._arch_from_dict(job["arch_name"], job["arch"])
+        arch = architecture_from_dict(job["arch_name"], job["arch"], "job")
         sd, meta = read_state_dict(job["file"])
         model = build_model(sd, source=job["file"], arch=arch)
     res = model.input_resolution
@@ -167,12 +168,12 @@ def check_archs(tmp_path, cases):
 
 # ------------------------------------------------------------------ facts
 
-SHIPPED = [n for n in oc.architectures()]
+SHIPPED = [n for n in oc.architectures("clip")]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_architectures_are_open_clips_configs(name):
-    assert oc.architectures()[name] == oc.from_open_clip_config(name, open_clip_config(name))
+    assert oc.architectures("clip")[name] == oc.from_open_clip_config(name, open_clip_config(name))
 
 
 def test_every_open_clip_config_builds_or_is_refused_with_a_reason():
@@ -190,7 +191,7 @@ def test_every_open_clip_config_builds_or_is_refused_with_a_reason():
 
 
 def test_cards_match_open_clips_pretrained_configs():
-    tags = oc.pretrained_tags()
+    tags = oc.open_clip_cards()
     assert len(tags) >= 15
     families = {"laion2b": 0, "datacomp": 0, "metaclip": 0, "dfn": 0}
     for name, tag in tags.items():
@@ -198,7 +199,7 @@ def test_cards_match_open_clips_pretrained_configs():
         ref = oc_pretrained.get_pretrained_cfg(arch, t)
         assert ref, name
         card = get_card(name)
-        assert card.hub == ref["hf_hub"].rstrip("/") == tag["hub"]
+        assert card.hub == ref["hf_hub"].rstrip("/") == tag.hub
         assert card.mean == tuple(ref["mean"]) and card.std == tuple(ref["std"])
         assert (card.interpolation, card.resize_mode) == (ref["interpolation"], ref["resize_mode"])
         # open_clip's quick_gelu flag of the tag is the architecture's activation
@@ -213,7 +214,7 @@ def test_cards_match_open_clips_pretrained_configs():
 
 
 def test_every_clip_card_has_its_architecture():
-    for card in CARDS.values():
+    for card in oc.cards().values():
         if card.family == "clip":
             arch = card.architecture
             assert arch.vision.image_size == card.input_size
@@ -226,7 +227,7 @@ def test_available_models_lists_each_once():
     assert len(names) == len(set(names))
     assert names[:9] == ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64",
                          "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
-    assert set(names[9:]) == set(oc.pretrained_tags())
+    assert set(names[9:]) == set(oc.open_clip_cards())
     assert "ViT-B-32/laion2b_s34b_b79k" in names
 
 
@@ -281,7 +282,7 @@ def test_full_size_parity_b16(tmp_path):
 def test_preprocessing_matches_open_clip_for_every_tag_config(photos):
     from jclip.data.images import preprocess_for
     seen = {}
-    for name in oc.pretrained_tags():
+    for name in oc.open_clip_cards():
         c = get_card(name)
         seen.setdefault((c.input_size, c.mean, c.std, c.interpolation, c.resize_mode), name)
     assert len(seen) >= 4   # OpenAI's statistics at 224 and 256, Inception's, DFN's squash

@@ -114,7 +114,7 @@ def make_checkpoints(folder):
     torch.manual_seed(0)
     sd = timm.create_model("convnextv2_atto", pretrained=False).state_dict()
     # the official release names (stages.s.b.dwconv ...), as in convnextv2_*_1k_224_ema.pt
-    from jclip.weights.checkpoint import prepare_state_dict
+    from jclip.catalog import prepare_state_dict
     _, official = prepare_state_dict({k: v.numpy() for k, v in sd.items()}, "timm")
     paths["convnext"] = os.path.join(folder, "convnextv2_atto_1k_224_ema.pt")
     torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in official.items()}},

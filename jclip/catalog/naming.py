@@ -6,7 +6,6 @@ model (jclip.models.convnext) both use it.
 import re
 
 
-
 def is_timm_naming(state_dict):
     """True when the keys follow timm's ConvNeXt naming (stem.*, head.fc.*)."""
     return any(k.startswith(("stem.", "head.fc.", "head.norm.")) or ".blocks." in k

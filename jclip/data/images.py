@@ -4,7 +4,7 @@
 the short side with PIL bicubic, centre crop with torchvision's rounding, /255,
 normalise) as plain numpy, deterministic, with no random flips.  ConvNeXt uses
 the same class with ImageNet statistics and a 256 -> 224 crop; each model's
-input size, statistics and crop come from its card (``jclip.models.registry``,
+input size, statistics and crop come from its card (``jclip.catalog``,
 ``preprocess_for``).  ``TrainTransform`` is the fine-tuner's augmentation
 (random resized crop + flip) with the same normalisation.
 
@@ -22,7 +22,10 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..models.registry import CLIP_MEAN, CLIP_STD, get_card
+from ..catalog import get_card
+
+# OpenAI CLIP's statistics (its cards'), the default normalisation.
+CLIP_MEAN, CLIP_STD = get_card("ViT-B/32").mean, get_card("ViT-B/32").std
 
 # the file names jclip treats as images, everywhere (folder scans, test folders)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

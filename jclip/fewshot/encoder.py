@@ -28,7 +28,8 @@ class CachedEncoder:
     def __init__(self, model_name: str, cache_dir: str, device: Optional[str] = None,
                  batch_size: int = 64, progress: bool = True, features: Optional[str] = None):
         import jclip  # noqa: F401  (before jittor)
-        from ..models.load import load, weights_sha256
+        from ..models.load import weights_sha256
+        from ..pretrained import load
         self.model, self.preprocess = load(model_name, device=device)
         self.name, self.sha = self.model.name, weights_sha256(self.model)
         self.cache_dir, self.batch_size, self.progress = cache_dir, batch_size, progress

@@ -10,8 +10,9 @@ import jittor as jt
 import numpy as np
 
 from ..io import sha256_file
-from ..models.convnext import ConvNeXtV2, load_convnextv2
-from ..models.registry import get_card
+from ..catalog import get_card
+from ..models.convnext import ConvNeXtV2
+from ..pretrained import load_convnextv2_file
 from ..weights.checkpoint import CheckpointError, find_weights, read_state_dict
 from .data import BACKBONE_CARD
 
@@ -49,7 +50,7 @@ def tail(model: ConvNeXtV2, x: jt.Var, unfreeze: int) -> jt.Var:
 def load_backbone(weights: str) -> Tuple[ConvNeXtV2, str, str]:
     """(model with its checkpoint's head, size name, SHA-256 of the file) from a weights path."""
     weights = find_weights(weights) or weights     # X.pkl finds a converted X.safetensors
-    model = load_convnextv2(weights)
+    model = load_convnextv2_file(weights)
     return model, model.name, sha256_file(weights)
 
 
@@ -72,7 +73,7 @@ def load_finetuned(weights: str, head: str) -> ConvNeXtV2:
             f"{head} was trained on backbone {meta.get('backbone')} with SHA-256 "
             f"{meta['backbone_sha256'][:16]}..., but {weights} has {sha[:16]}...; "
             f"pass the weights it was trained with")
-    model = load_convnextv2(weights, num_classes=int(meta["num_classes"]))
+    model = load_convnextv2_file(weights, num_classes=int(meta["num_classes"]))
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     if unknown:

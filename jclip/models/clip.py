@@ -17,8 +17,8 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from .open_clip import ClipArch, build_kwargs, get_architecture
-from .registry import open_clip_card
+from ..catalog import ClipArch, get_architecture, open_clip_card
+from .open_clip import build_kwargs
 from .transformer import ACTIVATIONS, Linear, Transformer, attention, layer_norm
 
 # Entries OpenAI's TorchScript archives carry that are not weights.

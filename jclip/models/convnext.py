@@ -10,19 +10,11 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from ..weights.naming import is_timm_naming, timm_to_official
+from ..catalog import architectures
+from ..catalog.naming import is_timm_naming, timm_to_official
 
-# Official configurations: name -> (depths, dims).
-CONFIGS = {
-    "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
-    "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
-    "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
-    "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
-    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
-    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
-    "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
-    "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
-}
+# Official configurations: size -> (depths, dims), from the catalogue's cards.
+CONFIGS = {a.size: (a.depths, a.dims) for a in architectures("convnextv2").values()}
 
 
 # --------------------------------------------------------------------------
@@ -239,24 +231,22 @@ def load_state_dict(model, state_dict, strict=True, source="state dict", skip=()
     return missing, unexpected, mis_shaped
 
 
-def load_convnextv2(path_or_state_dict, name=None, num_classes=None,
-                    drop_path_rate=0.0, strict=True):
-    """A ConvNeXt-V2 with weights from a file or a state dict (either naming).
+def load_convnextv2(state_dict, name=None, num_classes=None,
+                    drop_path_rate=0.0, strict=True, source="state dict"):
+    """A ConvNeXt-V2 with the weights of a state dict (either naming); a
+    weights file is read by ``jclip.pretrained.load_convnextv2_file``.
 
     The size is inferred from the weights (name, if given, is checked against
     it). num_classes=None keeps the checkpoint's head; another number replaces
     it with a fresh head of that size (the backbone still loads strictly).
+    ``source`` names the weights in errors (the file, when there is one).
     Returns the model in eval mode; model.name is the size, model.source the
     file path (or None).
     """
-    source = "state dict"
-    if isinstance(path_or_state_dict, (str, bytes)) or hasattr(path_or_state_dict, "__fspath__"):
-        from ..weights.checkpoint import find_weights, read_state_dict
-        source = find_weights(path_or_state_dict) or str(path_or_state_dict)
-        sd, _meta = read_state_dict(source)
-    else:
-        sd = path_or_state_dict
-    sd = _unwrap(sd)
+    if not hasattr(state_dict, "items"):
+        raise TypeError(f"load_convnextv2 takes a state dict, not {type(state_dict).__name__} "
+                        "(read a weights file with jclip.pretrained.load_convnextv2_file)")
+    sd = _unwrap(state_dict)
     if is_timm_naming(sd):
         sd = timm_to_official(sd)
     inferred, depths, dims, ckpt_classes = infer_config(sd)

@@ -1,12 +1,12 @@
 """Parameter budget of the cascade, counted from the configuration.
 
-Counts come from state-dict shapes: for a known architecture (every CLIP
-card, OpenAI's and open_clip's, by its architecture facts; ConvNeXt-V2-Base)
-the shapes are generated from its hyper-parameters,
-so no weights are needed; otherwise (or with ``from_weights``) they are read
-from the weights file (torch-free reader).  Jittor is never imported.  A
-parameter is every state-dict tensor except BatchNorm running statistics,
-counters and the derived attention mask.
+Counts come from state-dict shapes: for a model of the catalogue (every CLIP
+card, OpenAI's and open_clip's; every ConvNeXt-V2 size) the shapes are its
+card's layout (``jclip.catalog.state_dict_layout``, derived from the
+architecture's facts), so no weights are needed; otherwise (or with
+``from_weights``) they are read from the weights file (torch-free reader).
+Jittor is never imported.  A parameter is every state-dict tensor except
+BatchNorm running statistics, counters and the derived attention mask.
 
 Three totals (SPEC section 1 asks for the first two):
   loaded    each distinct weight once;
@@ -22,19 +22,13 @@ Three totals (SPEC section 1 asks for the first two):
 import os
 from typing import Callable, Dict, List, Mapping, Tuple
 
+from ..catalog import available, get_card, prepare_state_dict, state_dict_layout
 from ..data.lists import read_classes
-from ..models.registry import CARDS
 from .config import Config
 
-# Every CLIP card, OpenAI's ("ViT-B/32") and open_clip's ("ViT-B-32/laion2b_s34b_b79k"):
-# its architecture's sizes are on the card (models/configs/architectures.json).
-CLIP_ARCHS = [n for n, c in CARDS.items() if c.family == "clip"]
-# ConvNeXt-V2 (depths, dims) of the model the configuration ships with (as
-# jclip.models.convnext.CONFIGS, which imports Jittor; tests keep them equal).
-# Other sizes are counted from their weights file.
-CONVNEXT_ARCHS = {"convnextv2_base": ((3, 3, 27, 3), (128, 256, 512, 1024))}
 NOT_PARAMETERS = ("running_mean", "running_var", "num_batches_tracked", "attn_mask",
                   "input_resolution", "context_length", "vocab_size")
+IMAGENET_CLASSES = 1000   # the ConvNeXt-V2 checkpoints' head, counted and reported apart
 
 # Forward passes test.sh runs per input (image or class prompt) for every
 # component: each image and each prompt is encoded once per backbone
@@ -45,95 +39,9 @@ CALLS_PER_INPUT = 1
 Shapes = Dict[str, Tuple[int, ...]]
 
 
-def _resblocks(prefix, width, layers, mlp):
-    s = {}
-    for i in range(layers):
-        p = f"{prefix}.resblocks.{i}."
-        s.update({p + "attn.in_proj_weight": (3 * width, width), p + "attn.in_proj_bias": (3 * width,),
-                  p + "attn.out_proj.weight": (width, width), p + "attn.out_proj.bias": (width,),
-                  p + "ln_1.weight": (width,), p + "ln_1.bias": (width,),
-                  p + "mlp.c_fc.weight": (mlp, width), p + "mlp.c_fc.bias": (mlp,),
-                  p + "mlp.c_proj.weight": (width, mlp), p + "mlp.c_proj.bias": (width,),
-                  p + "ln_2.weight": (width,), p + "ln_2.bias": (width,)})
-    return s
-
-
-def _bn(name, c):
-    return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-            f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
-
-
-def clip_shapes(name: str) -> Shapes:
-    """{key: shape} of a CLIP checkpoint (a CLIP card's name), from its
-    architecture on the card."""
-    if name not in CLIP_ARCHS:
-        raise KeyError(f"unknown CLIP model {name!r} (known: {', '.join(CLIP_ARCHS)})")
-    arch = CARDS[name].architecture
-    embed, v, t = arch.embed_dim, arch.vision, arch.text
-    s, w = {}, v.width
-    if arch.is_vit:
-        grid, p = v.image_size // v.patch_size, v.patch_size
-        s.update({"visual.class_embedding": (w,), "visual.positional_embedding": (grid * grid + 1, w),
-                  "visual.proj": (w, embed), "visual.conv1.weight": (w, 3, p, p),
-                  "visual.ln_post.weight": (w,), "visual.ln_post.bias": (w,)})
-        if v.ln_pre:
-            s.update({"visual.ln_pre.weight": (w,), "visual.ln_pre.bias": (w,)})
-        s.update(_resblocks("visual.transformer", w, v.layers, v.mlp_width))
-    else:
-        for i, (cin, cout) in enumerate(((3, w // 2), (w // 2, w // 2), (w // 2, w)), 1):
-            s[f"visual.conv{i}.weight"] = (cout, cin, 3, 3)
-            s.update(_bn(f"visual.bn{i}", cout))
-        inplanes = w
-        for li, (blocks, planes) in enumerate(zip(v.layers, (w, 2 * w, 4 * w, 8 * w)), 1):
-            for b in range(blocks):
-                p = f"visual.layer{li}.{b}"
-                s.update({f"{p}.conv1.weight": (planes, inplanes, 1, 1),
-                          f"{p}.conv2.weight": (planes, planes, 3, 3),
-                          f"{p}.conv3.weight": (planes * 4, planes, 1, 1)})
-                for j, c in ((1, planes), (2, planes), (3, planes * 4)):
-                    s.update(_bn(f"{p}.bn{j}", c))
-                if b == 0 and (li > 1 or inplanes != planes * 4):
-                    s[f"{p}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
-                    s.update(_bn(f"{p}.downsample.1", planes * 4))
-                inplanes = planes * 4
-        width = w * 32
-        sp = v.image_size // 32
-        s["visual.attnpool.positional_embedding"] = (sp * sp + 1, width)
-        for k in ("q", "k", "v"):
-            s.update({f"visual.attnpool.{k}_proj.weight": (width, width),
-                      f"visual.attnpool.{k}_proj.bias": (width,)})
-        s.update({"visual.attnpool.c_proj.weight": (embed, width),
-                  "visual.attnpool.c_proj.bias": (embed,)})
-    tw = t.width
-    s.update({"token_embedding.weight": (t.vocab_size, tw), "positional_embedding": (t.context_length, tw),
-              "ln_final.weight": (tw,), "ln_final.bias": (tw,), "text_projection": (tw, embed),
-              "logit_scale": ()})
-    s.update(_resblocks("transformer", tw, t.layers, t.mlp_width))
-    return s
-
-
-def convnext_shapes(name: str, num_classes: int = 1000) -> Shapes:
-    """{key: shape} of an official-named ConvNeXt-V2 of CONVNEXT_ARCHS."""
-    depths, dims = CONVNEXT_ARCHS[name]
-    s = {"downsample_layers.0.0.weight": (dims[0], 3, 4, 4), "downsample_layers.0.0.bias": (dims[0],),
-         "downsample_layers.0.1.weight": (dims[0],), "downsample_layers.0.1.bias": (dims[0],)}
-    for i in range(1, 4):
-        s.update({f"downsample_layers.{i}.0.weight": (dims[i - 1],),
-                  f"downsample_layers.{i}.0.bias": (dims[i - 1],),
-                  f"downsample_layers.{i}.1.weight": (dims[i], dims[i - 1], 2, 2),
-                  f"downsample_layers.{i}.1.bias": (dims[i],)})
-    for i, (depth, c) in enumerate(zip(depths, dims)):
-        for b in range(depth):
-            p = f"stages.{i}.{b}."
-            s.update({p + "dwconv.weight": (c, 1, 7, 7), p + "dwconv.bias": (c,),
-                      p + "norm.weight": (c,), p + "norm.bias": (c,),
-                      p + "pwconv1.weight": (4 * c, c), p + "pwconv1.bias": (4 * c,),
-                      p + "grn.gamma": (1, 1, 1, 4 * c), p + "grn.beta": (1, 1, 1, 4 * c),
-                      p + "pwconv2.weight": (c, 4 * c), p + "pwconv2.bias": (c,)})
-    s.update({"norm.weight": (dims[-1],), "norm.bias": (dims[-1],)})
-    if num_classes:
-        s.update({"head.weight": (num_classes, dims[-1]), "head.bias": (num_classes,)})
-    return s
+def card_shapes(name: str) -> Shapes:
+    """{key: shape} of a catalogue model's checkpoint (ConvNeXt-V2 with its ImageNet head)."""
+    return state_dict_layout(get_card(name).architecture, IMAGENET_CLASSES)
 
 
 def count(shapes: Shapes, prefix: str = None, exclude_prefix: str = None) -> int:
@@ -155,7 +63,7 @@ def count(shapes: Shapes, prefix: str = None, exclude_prefix: str = None) -> int
 
 def shapes_from_file(path: str) -> Shapes:
     """{key: shape} read from a weights file (any format jclip reads; no Jittor, no torch)."""
-    from ..weights.checkpoint import prepare_state_dict, read_state_dict
+    from ..weights.checkpoint import read_state_dict
     sd, _ = read_state_dict(path)
     _, sd = prepare_state_dict(sd, path)      # official names, wrappers removed
     return {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()}
@@ -192,7 +100,7 @@ def components(cfg: Config, from_weights: bool = False
     n_all, src = _num_classes(cfg)
     n_seen = casc.unseen_from
     rows, notes, stages = [], [f"classes: {n_all} from {src}, {n_seen} seen"], {"InMaP": [], "LP++": [], "dog head": []}
-    clip_known = {n: (lambda n=n: clip_shapes(n)) for n in CLIP_ARCHS}
+    clip_known = {n: (lambda n=n: card_shapes(n)) for n in available("clip")}
     for key in sorted(set(casc.inmap_mix) | set(casc.lpp_mix)):
         spec = cfg.backbones[key]
         shapes, source = _shapes(spec.model, spec.weights, clip_known, from_weights)
@@ -211,7 +119,7 @@ def components(cfg: Config, from_weights: bool = False
             rows.append((f"LP++ on {label} ({n_seen}x{embed} + 2x{n_seen})", n_seen * embed + 2 * n_seen))
             stages["LP++"] += towers + [rows[-1][0]]
     dog = cfg.dog_head
-    conv_known = {n: (lambda n=n: convnext_shapes(n)) for n in CONVNEXT_ARCHS}
+    conv_known = {n: (lambda n=n: card_shapes(n)) for n in available("convnextv2")}
     shapes, source = _shapes(dog.model, dog.weights, conv_known, from_weights)
     lo, hi = casc.dog_range
     feat = shapes["norm.weight"][0]

@@ -1,25 +1,20 @@
 """Checkpoint files: read any supported checkpoint as numpy, write jclip's.
 
-jclip weights are ``safetensors`` files by default (no code, no pickle; the
-``safetensors`` package reads them): tensors plus string metadata, where the
-key ``"jclip_meta"`` holds the JSON of jclip's meta (model name, the source
-file's SHA-256, dtype...).  A path ending in ``.pkl`` gets Jittor's own format
-instead (what ``jittor.save`` writes and ``jittor.load`` reads): a pickled
-flat dict ``name -> numpy array`` whose reserved key ``"__jclip_meta__"``
-holds the meta, followed by the pickle's SHA-1 and the tag ``HCAJSLHD``.
+This module only dispatches, by content on reading and by name or ``fmt`` on
+writing, to the module that owns each format: :mod:`.safetensors_io`
+(jclip's default: tensors plus string metadata whose key ``"jclip_meta"``
+holds the JSON of jclip's meta), :mod:`.pkl` (Jittor's own format, what
+``jittor.save`` writes and ``jittor.load`` reads) and :mod:`.torch_reader`
+(TorchScript, torch zip and legacy files; read only).
 
 Reading never executes code from the file and never trusts a size it
-declares: ``.pkl`` files go through :mod:`jclip.weights.pkl` (arrays rebuilt
-from raw bytes with plain dtypes), torch files through
-:mod:`jclip.weights.torch_reader`, safetensors through the package's checked
-parser.  Every failure is one :class:`CheckpointError` naming the file (and
-the tensor, where there is one); float tensors must be finite.
+declares.  Every failure is one :class:`CheckpointError` naming the file (and
+the tensor, where there is one); float tensors must be finite.  Whether a
+state dict fits its architecture is the catalogue's check
+(``jclip.catalog.prepare_state_dict``); conversion is :mod:`.convert`.
 """
-import hashlib
 import json
 import os
-import pickle
-import re
 import struct
 import zipfile
 import zlib
@@ -31,15 +26,13 @@ from . import pkl as _pkl
 from . import safetensors_io
 from . import torch_reader
 from .safe_pickle import FormatError
-from ..io import atomic_open, sha256_file
-from .naming import timm_to_official
+from ..io import atomic_open
 
-META_KEY = "__jclip_meta__"          # the meta's key inside a .pkl
-ST_META_KEY = "jclip_meta"           # the meta's key in safetensors metadata
+META_KEY = _pkl.META_KEY             # the meta's key inside a .pkl
+ST_META_KEY = safetensors_io.ST_META_KEY
 FORMAT = "jclip-weights"
 FORMAT_VERSION = 1
 FORMATS = ("safetensors", "pkl")     # what save_state_dict writes
-_JITTOR_TAG = _pkl.JITTOR_TAG
 
 
 class CheckpointError(ValueError):
@@ -230,26 +223,24 @@ def read_state_dict(path):
 
 def read_meta(path):
     """The jclip meta of a jclip weights file, or None when the file is
-    missing, unreadable or not a jclip file."""
+    missing, unreadable or not a jclip file.  A safetensors file's meta is
+    read from its header alone; a ``.pkl`` is read whole (its meta is inside
+    the pickle)."""
+    path = os.fspath(path)
     try:
-        sd, meta = read_state_dict(path)
-    except CheckpointError:
+        kind, _ = sniff_format(path)
+        if kind == "safetensors":
+            stored = safetensors_io.read_metadata(path)
+            if ST_META_KEY not in stored:
+                return None
+            return dict(_parse_meta(json.loads(stored[ST_META_KEY]), path), format="jclip")
+        _, meta = read_state_dict(path)
+    except (CheckpointError, FormatError, OSError, ValueError):
         return None
     return meta if meta.get("format") == "jclip" else None
 
 
 # ------------------------------------------------------------------ writing
-
-class _HashingWriter:
-    """Streams the pickle to disk while hashing it (no second copy in RAM)."""
-
-    def __init__(self, f):
-        self.f, self.sha1 = f, hashlib.sha1()
-
-    def write(self, b):
-        self.sha1.update(b)
-        return self.f.write(b)
-
 
 def _caster(dtype):
     """cast(name, array): float arrays to ``dtype``, checked to stay finite
@@ -265,25 +256,6 @@ def _caster(dtype):
             raise ValueError(f"entry {name!r}: values overflow {dtype}")
         return out
     return cast
-
-
-class _CastingPickler(pickle.Pickler):
-    """Casts each float array to the output dtype as it is written, so only
-    one converted array exists at a time (not a second full state dict)."""
-
-    def __init__(self, file, cast, names):
-        super().__init__(file, protocol=4)
-        self.cast, self.names = cast, names   # names: id(array) -> key
-        # No memo: it would keep every array's bytes alive until the end
-        # (a full second copy of the weights); the dict has no cycles.
-        self.fast = True
-
-    def reducer_override(self, obj):
-        if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
-            out = self.cast(self.names.get(id(obj), "?"), obj)
-            if out is not obj:
-                return out.__reduce_ex__(4)
-        return NotImplemented
 
 
 def save_state_dict(path, state_dict, meta, dtype="float32", fmt=None):
@@ -327,154 +299,5 @@ def save_state_dict(path, state_dict, meta, dtype="float32", fmt=None):
                      if k in meta}
             safetensors_io.write(f, arrays, {**plain, ST_META_KEY: json.dumps(meta)}, cast)
         else:
-            w = _HashingWriter(f)
-            names = {id(v): k for k, v in arrays.items()}
-            _CastingPickler(w, cast, names).dump(OrderedDict([(META_KEY, meta), *arrays.items()]))
-            f.write(w.sha1.digest() + _JITTOR_TAG)
+            _pkl.write_pkl(f, arrays, meta, cast)
     return meta
-
-
-# ------------------------------------------------------- architectures
-
-def detect_architecture(state_dict, path="checkpoint"):
-    """"clip" or "convnextv2"; anything else is a CheckpointError."""
-    keys = state_dict.keys()
-    if "token_embedding.weight" in keys and any(k.startswith("visual.")
-                                                for k in keys):
-        return "clip"
-    if any(k.startswith("downsample_layers.") for k in keys) or (
-            any(k.startswith("stem.") for k in keys)
-            and any(k.startswith("stages.0.blocks.") for k in keys)):
-        return "convnextv2"
-    sample = ", ".join(list(keys)[:5])
-    raise CheckpointError(
-        f"{path}: unknown architecture (neither CLIP nor ConvNeXt-V2; "
-        f"keys start {sample})")
-
-
-def _shape_checker(state_dict, path):
-    def expect(key, *shape):
-        if key not in state_dict:
-            raise CheckpointError(f"{path}: missing tensor {key!r}")
-        got = tuple(state_dict[key].shape)
-        if len(got) != len(shape) or any(s is not None and s != g
-                                         for s, g in zip(shape, got)):
-            want = "(" + ", ".join("*" if s is None else str(s)
-                                   for s in shape) + ")"
-            raise CheckpointError(
-                f"{path}: tensor {key!r} has shape {got}, expected {want}")
-        return got
-    return expect
-
-
-def _check_resblocks(state_dict, expect, prefix, width):
-    pat = re.compile(re.escape(prefix) + r"(\d+)\.attn\.in_proj_weight$")
-    for k in state_dict:
-        m = pat.match(k)
-        if m:
-            i = m.group(1)
-            expect(k, 3 * width, width)
-            expect(f"{prefix}{i}.mlp.c_fc.weight", None, width)
-            expect(f"{prefix}{i}.mlp.c_proj.weight", width, None)
-
-
-def validate_clip(state_dict, path="checkpoint"):
-    """Cheap consistency checks of an OpenAI CLIP state dict (the model
-    loader does the full ones)."""
-    expect = _shape_checker(state_dict, path)
-    (width,) = expect("ln_final.weight", None)
-    expect("token_embedding.weight", None, width)
-    expect("positional_embedding", None, width)
-    _, embed = expect("text_projection", width, None)
-    if state_dict.get("logit_scale") is None or \
-            state_dict["logit_scale"].size != 1:
-        raise CheckpointError(f"{path}: 'logit_scale' must be one number")
-    _check_resblocks(state_dict, expect, "transformer.resblocks.", width)
-    if "visual.proj" in state_dict:   # ViT
-        vw = expect("visual.conv1.weight", None, 3, None, None)[0]
-        expect("visual.class_embedding", vw)
-        expect("visual.positional_embedding", None, vw)
-        expect("visual.proj", vw, embed)
-        _check_resblocks(state_dict, expect, "visual.transformer.resblocks.",
-                         vw)
-    else:                              # ModifiedResNet
-        expect("visual.conv1.weight", None, 3, 3, 3)
-        expect("visual.attnpool.c_proj.weight", embed, None)
-
-
-def validate_convnextv2(state_dict, path="checkpoint"):
-    """Cheap consistency checks of an official-named ConvNeXt-V2 state
-    dict."""
-    expect = _shape_checker(state_dict, path)
-    dims = [expect("downsample_layers.0.0.weight", None, 3, 4, 4)[0]]
-    for s in range(1, 4):
-        dims.append(expect(f"downsample_layers.{s}.1.weight",
-                           None, dims[-1], 2, 2)[0])
-    for k in state_dict:
-        m = re.match(r"stages\.([0-3])\.(\d+)\.dwconv\.weight$", k)
-        if m:
-            s, b = int(m.group(1)), m.group(2)
-            c = dims[s]
-            pre = f"stages.{s}.{b}."
-            expect(k, c, 1, 7, 7)
-            expect(pre + "pwconv1.weight", 4 * c, c)
-            expect(pre + "grn.gamma", 1, 1, 1, 4 * c)
-            expect(pre + "pwconv2.weight", c, 4 * c)
-    if "head.weight" in state_dict:
-        expect("head.weight", None, dims[3])
-
-
-def to_official(state_dict, arch):
-    """ConvNeXt-V2 timm names -> official names (other input unchanged)."""
-    if arch != "convnextv2" or not any(
-            k.startswith("stem.") or ".blocks." in k for k in state_dict):
-        return state_dict
-    return timm_to_official(state_dict)
-
-
-def prepare_state_dict(state_dict, path="checkpoint"):
-    """(architecture, official-named state dict) after validation."""
-    arch = detect_architecture(state_dict, path)
-    state_dict = to_official(state_dict, arch)
-    (validate_clip if arch == "clip" else validate_convnextv2)(state_dict,
-                                                               path)
-    return arch, state_dict
-
-
-# ------------------------------------------------------- conversion
-
-def is_up_to_date(out, source_sha256, dtype="float32", fmt=None):
-    """True when ``out`` is a readable jclip file converted from a source
-    with this SHA-256, in this dtype, by this format version, in the format
-    ``fmt`` (default: the one :func:`format_for_path` gives ``out``)."""
-    meta = read_meta(out) if os.path.isfile(out) else None
-    want = "safetensors" if format_for_path(out, fmt) == "safetensors" else "pickle"
-    return bool(meta) and meta.get("source_sha256") == source_sha256 and \
-        meta.get("dtype") == dtype and \
-        meta.get("format_version") == FORMAT_VERSION and \
-        sniff_format(out)[0] == want
-
-
-def convert_checkpoint(src, out, model=None, dtype="float32",
-                       source_sha256=None, fmt=None):
-    """Convert the checkpoint ``src`` into the jclip file ``out``; returns the
-    meta written.  ``model`` names the model in the meta (default: the source
-    file's stem, or the model recorded in a jclip source); ``fmt`` as for
-    :func:`save_state_dict`.  On any error (unreadable, hostile, NaN/Inf,
-    unknown architecture) nothing is left at ``out``."""
-    src, out = os.fspath(src), os.fspath(out)
-    sha = source_sha256 or sha256_file(src)
-    state_dict, src_meta = read_state_dict(src)
-    arch, state_dict = prepare_state_dict(state_dict, src)
-    meta = {
-        "model": model or src_meta.get("model")
-        or os.path.splitext(os.path.basename(src))[0],
-        "architecture": arch,
-        "source_file": os.path.basename(src),
-        "source_sha256": sha,
-        "source_format": src_meta["format"],
-    }
-    try:
-        return save_state_dict(out, state_dict, meta, dtype=dtype, fmt=fmt)
-    except ValueError as e:   # e.g. a value overflowing float16
-        raise CheckpointError(f"{src}: {e}") from None

@@ -1,17 +1,14 @@
-"""The official checkpoints: where they live, what they are called, and a
-verified download.
+"""A verified download over HTTP: a ``.part`` file checked (size, SHA-256,
+content) before it is renamed, resumed when a killed process left one,
+refused while another process holds it, with stall and total time limits.
 
-OpenAI publishes each CLIP checkpoint's SHA-256 as a path component of its
-URL (openai/CLIP, clip/clip.py ``_MODELS``); the ConvNeXt-V2 release
-(facebookresearch/ConvNeXt-V2 README) publishes none, so for it we record the
-hash we computed.
+Where each model's original lives and what it must hash to is the
+catalogue's (``jclip.catalog.sources``).
 """
 import contextlib
 import hashlib
 import http.client
-import json
 import os
-import re
 import socket
 import time
 import urllib.error
@@ -20,105 +17,9 @@ import urllib.request
 from ..io import removed_on_signal
 from .checkpoint import CheckpointError
 
-from ..models.registry import CARDS, DEFAULT_MODELS, card_for_sha256, get_card  # noqa: F401
-
-# Derived views of the registry's cards (kept for callers of the old tables).
-OPENAI_URLS = {n: c.url for n, c in CARDS.items() if c.family == "clip"}
-CONVNEXT_URLS = {n: c.url for n, c in CARDS.items() if c.family == "convnextv2"}
-MODEL_URLS = {n: c.url for n, c in CARDS.items()}
-
-# JSON {model name: url} merged over MODEL_URLS (tests point it at a local
-# server; a mirror works the same way).
-URLS_ENV = "JCLIP_MODEL_URLS"
-
 
 class DownloadError(CheckpointError):
     """A download failed or did not match its checksum."""
-
-
-def _overrides():
-    """$JCLIP_MODEL_URLS: {model: url} or {model: {"url": ..., "sha256": ...}}."""
-    override = os.environ.get(URLS_ENV)
-    if not override:
-        return {}
-    try:
-        extra = json.loads(override)
-    except ValueError as e:
-        raise ValueError(f"{URLS_ENV} is not valid JSON: {e}") from None
-    if not isinstance(extra, dict):
-        raise ValueError(f"{URLS_ENV} must be a JSON object {{model: url}}")
-    return extra
-
-
-def model_urls():
-    """{model: url}: the cards' official URLs, overridden by $JCLIP_MODEL_URLS."""
-    urls = dict(MODEL_URLS)
-    for name, entry in _overrides().items():
-        urls[name] = entry.get("url") if isinstance(entry, dict) else entry
-    return urls
-
-
-def model_source(name):
-    """(url, sha256 or None) a model's original is fetched from and checked
-    against.  A mirror URL keeps the card's published hash (a mirror never
-    switches the check off); only a mirror entry that states its own
-    ``"sha256"`` replaces it (for a re-packaged file the user vouches for)."""
-    entry = _overrides().get(name)
-    if isinstance(entry, dict):
-        url, sha = entry.get("url"), entry.get("sha256")
-        if not isinstance(url, str) or (sha is not None and not (
-                isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha))):
-            raise ValueError(f"{URLS_ENV}: entry for {name} needs a \"url\" and, optionally, "
-                             "a 64-hex-digit \"sha256\"")
-        return url, sha or known_sha256(name, url)
-    url = entry if isinstance(entry, str) else MODEL_URLS.get(name)
-    if url is None:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(model_urls())}")
-    return url, known_sha256(name, url)
-
-
-def expected_sha256(url):
-    """The SHA-256 in an OpenAI-style URL (.../<sha256>/<file>), else None."""
-    parts = url.rstrip("/").split("/")
-    if len(parts) >= 2 and re.fullmatch(r"[0-9a-f]{64}", parts[-2]):
-        return parts[-2]
-    return None
-
-
-def source_filename(name, urls=None):
-    """The original's file name, e.g. "ViT-B-32.pt" (the official URL's
-    basename, so a hand-downloaded file is found)."""
-    url = MODEL_URLS.get(name) or (urls or model_urls()).get(name)
-    if url is None:
-        raise KeyError(f"unknown model {name!r}; known: "
-                       f"{', '.join(model_urls())}")
-    return url.rsplit("/", 1)[-1]
-
-
-def output_filename(name, fmt="safetensors"):
-    """jclip weights file for a model: "ViT-B/32" -> "ViT-B-32.safetensors";
-    ConvNeXt keeps its release name ("convnextv2_base_1k_224_ema.safetensors").
-    ``fmt`` "pkl" gives the Jittor ``.pkl`` name; a model without a card gets
-    its name with "/" replaced by "-"."""
-    if name in CARDS:
-        return CARDS[name].weights_filename(fmt)
-    return name.replace("/", "-") + "." + fmt
-
-
-def known_sha256(name, url=None):
-    """The SHA-256 a model's original must have: the card's published hash
-    whatever URL it comes from (a mirror does not switch the check off), else
-    the hash in an OpenAI-style ``url``, else None."""
-    card = CARDS.get(name)
-    if card is not None and card.sha256:
-        return card.sha256
-    return expected_sha256(url) if url else None
-
-
-def known_model_for_sha256(sha):
-    """The model whose published hash is ``sha``, or None."""
-    card = card_for_sha256(sha)
-    return card.name if card else None
 
 
 class _PartBusy(DownloadError):

@@ -1,5 +1,5 @@
 """open_clip weights from the Hugging Face hub: the SHA-256 the hub
-publishes, a verified download, and the conversion into jclip weights.
+publishes and a verified download (the conversion is ``weights/convert.py``).
 
 The hub stores large files with Git LFS, whose object id is the file's
 SHA-256.  It states it in two places: the ``X-Linked-ETag`` header of the
@@ -17,11 +17,9 @@ import urllib.error
 import urllib.request
 from typing import Callable, Optional, Tuple
 
-from ..io import sha256_file
-from ..models.open_clip import unbuildable_reason
-from ..models.registry import HUB_FILES, ModelCard, open_clip_card
+from ..catalog import HUB_FILES, ModelCard
 from . import download as dl
-from .checkpoint import CheckpointError, convert_checkpoint, is_up_to_date, read_meta, sniff_format
+from .checkpoint import sniff_format
 
 ENDPOINT_ENV = "JCLIP_HF_ENDPOINT"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -131,43 +129,3 @@ def fetch(card: ModelCard, src_dir: str, progress: bool = True, timeout: float =
         return dest, sha
     raise dl.DownloadError(f"{card.name}: the hub repository {card.hub} has none of "
                            f"{', '.join(HUB_FILES)} (at {endpoint()})")
-
-
-def handles(name: str) -> bool:
-    """True for an open_clip name: one jclip knows, or one whose architecture
-    it refuses (``convert_model`` then says why)."""
-    return open_clip_card(name) is not None or unbuildable_reason(name) is not None
-
-
-def convert_model(name: str, src_dir: str, out_dir: str, dtype: str, force: bool = False,
-                  allow_download: bool = True, progress: bool = True, log: Callable[..., None] = print,
-                  fmt: str = "safetensors", timeout: float = dl.STALL_TIMEOUT,
-                  max_time: float = dl.MAX_TIME) -> str:
-    """convert.py's step for an open_clip model ("ViT-B-32/laion2b_s34b_b79k"):
-    make ``out_dir/<weights file>`` from the hub file, downloading it first
-    when ``src_dir`` has none.  Returns "skipped" or "converted"; raises
-    CheckpointError (DownloadError) naming the file otherwise."""
-    card = open_clip_card(name)
-    if card is None:
-        raise CheckpointError(unbuildable_reason(name) or f"{name}: not an open_clip model jclip knows")
-    out = os.path.join(out_dir, card.weights_filename(fmt))
-    src = local_source(card, src_dir)
-    if src is None:
-        # A converted file needs no original: the hub's hash is not known
-        # offline, so the model recorded in it is what counts.
-        meta = read_meta(out) if not force else None
-        if meta and meta.get("dtype") == dtype and meta.get("model") == name:
-            log(f"{out}: up to date")
-            return "skipped"
-        if not allow_download:
-            raise CheckpointError(f"{os.path.join(src_dir, card.weights_stem, HUB_FILES[0])}: "
-                                  "missing (and --no-download given)")
-        src, sha = fetch(card, src_dir, progress, timeout, max_time, log)
-    else:
-        sha = sha256_file(src)
-    if not force and is_up_to_date(out, sha, dtype, fmt):
-        log(f"{out}: up to date (source {src}, sha256 {sha[:12]}...)")
-        return "skipped"
-    log(f"{src} -> {out} ({dtype})")
-    convert_checkpoint(src, out, model=name, dtype=dtype, source_sha256=sha, fmt=fmt)
-    return "converted"

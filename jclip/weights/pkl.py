@@ -1,4 +1,4 @@
-"""Jittor ``.pkl`` weights, read without trusting them.
+"""Jittor ``.pkl`` weights: read without trusting them, and written.
 
 What ``jittor.save`` writes is ``pickle.dumps(obj, 4)``, then the pickle's
 SHA-1 and the tag ``HCAJSLHD``.  A plain unpickler would run any code the file
@@ -9,6 +9,10 @@ only *record* their arguments; every array is rebuilt afterwards from raw
 bytes with a plain numeric dtype from a fixed list.  Structured, object,
 subarray and unaligned dtypes, and anything else, are refused.
 
+Writing (:func:`write_pkl`) produces what ``jittor.load`` reads: the
+pickled flat dict ``name -> array`` whose reserved key ``META_KEY`` holds
+jclip's meta, then the SHA-1 trailer.
+
 No Jittor, no torch.
 """
 import hashlib
@@ -18,8 +22,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .safe_pickle import Budget, FormatError, check_depth, check_shape, prescan
+from .safe_pickle import Budget, FormatError, check_shape, guarded_load
 
+META_KEY = "__jclip_meta__"          # the meta's key inside a .pkl
 JITTOR_TAG = b"HCAJSLHD"   # jittor.save's trailer: sha1(pickle) + tag
 TRAILER = 20 + len(JITTOR_TAG)
 
@@ -210,21 +215,52 @@ def read_pkl(f, size):
     ``size`` bytes), numpy arrays rebuilt safely.  Raises FormatError."""
     end = _verify_trailer(f, size)
     f.seek(0)
-    prescan(f, end)
-    try:
-        obj = _Unpickler(f).load()
-    except FormatError:
-        raise
-    except pickle.UnpicklingError as e:
-        raise FormatError(f"invalid pickle: {str(e)[:200]}") from None
-    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            ImportError, MemoryError, OverflowError, RecursionError,
-            UnicodeDecodeError) as e:
-        raise FormatError(f"corrupt pickle ({type(e).__name__}: {str(e)[:200]})") from None
-    check_depth(obj)
+    obj = guarded_load(_Unpickler(f), f, end)
     return _build(obj, Budget(size, factor=1))
 
 
 def _name(value):
     text = repr(value) if isinstance(value, (str, int, bytes)) else type(value).__name__
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ------------------------------------------------------------------ writing
+
+class _HashingWriter:
+    """Streams the pickle to disk while hashing it (no second copy in RAM)."""
+
+    def __init__(self, f):
+        self.f, self.sha1 = f, hashlib.sha1()
+
+    def write(self, b):
+        self.sha1.update(b)
+        return self.f.write(b)
+
+
+class _CastingPickler(pickle.Pickler):
+    """Casts each float array to the output dtype as it is written, so only
+    one converted array exists at a time (not a second full state dict)."""
+
+    def __init__(self, file, cast, names):
+        super().__init__(file, protocol=4)
+        self.cast, self.names = cast, names   # names: id(array) -> key
+        # No memo: it would keep every array's bytes alive until the end
+        # (a full second copy of the weights); the dict has no cycles.
+        self.fast = True
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+            out = self.cast(self.names.get(id(obj), "?"), obj)
+            if out is not obj:
+                return out.__reduce_ex__(4)
+        return NotImplemented
+
+
+def write_pkl(f, arrays, meta, cast):
+    """Write ``arrays`` (name -> ndarray, in order) and ``meta`` to the binary
+    file ``f`` as jittor.save does; ``cast(name, array)`` gives the array to
+    store (called as each one is written)."""
+    w = _HashingWriter(f)
+    names = {id(v): k for k, v in arrays.items()}
+    _CastingPickler(w, cast, names).dump(OrderedDict([(META_KEY, meta), *arrays.items()]))
+    f.write(w.sha1.digest() + JITTOR_TAG)

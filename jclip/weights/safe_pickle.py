@@ -7,12 +7,15 @@
 * :class:`Budget` caps the bytes a reader may materialise from a file (a
   stride-0 view, a memo reference repeated a million times, a zip bomb).
 * :func:`check_depth` bounds nesting before any recursive walk.
+* :func:`guarded_load` runs them in order around one restricted unpickler.
 
 Errors are :class:`FormatError` without the file name; the caller adds it.
 No Jittor, no torch.
 """
 import io
+import pickle
 import pickletools
+import struct
 
 _MEMO_OPS = ("PUT", "BINPUT", "LONG_BINPUT")
 MAX_DEPTH = 64              # nesting of containers/modules; real files use < 20
@@ -73,9 +76,28 @@ def prescan(f, end):
         f.seek(start)
 
 
-def prescan_bytes(data):
-    """:func:`prescan` for a pickle held in memory."""
-    prescan(io.BytesIO(data), len(data))
+# What a restricted unpickler may raise on hostile or broken bytes.
+_LOAD_ERRORS = (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, ImportError,
+                struct.error, UnicodeDecodeError, OverflowError, MemoryError, RecursionError)
+
+
+def guarded_load(unpickler, f, end, children=None):
+    """One pickle from ``f`` (ending by ``end``) through ``unpickler`` (a
+    restricted ``pickle.Unpickler`` built on ``f``), the sequence every reader
+    runs: opcodes prescanned (:func:`prescan`), loaded, any failure turned
+    into FormatError, nesting bounded (:func:`check_depth`, walking
+    ``children``)."""
+    prescan(f, end)
+    try:
+        obj = unpickler.load()
+    except FormatError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise FormatError(f"invalid pickle: {str(e)[:200]}") from None
+    except _LOAD_ERRORS as e:
+        raise FormatError(f"corrupt pickle ({type(e).__name__}: {str(e)[:200]})") from None
+    check_depth(obj, children=children)
+    return obj
 
 
 def check_shape(shape, what="tensor"):

@@ -19,6 +19,7 @@ import numpy as np
 
 from .safe_pickle import FormatError
 
+ST_META_KEY = "jclip_meta"           # jclip's meta (JSON) in the file's metadata
 MAGIC_MAX_HEADER = 100 << 20   # the package's own limit on the header size
 # SHA-256 of the data section, in the metadata of files jclip writes: the
 # format has no checksum of its own, and a flipped bit would load silently.
@@ -122,3 +123,26 @@ def _check_data(path, want_sha):
                 raise FormatError("checksum mismatch, the file is corrupt; delete it "
                                   "and convert again")
     return [k for k in header if k != "__metadata__"]
+
+
+def read_metadata(path):
+    """The metadata dict of a safetensors file from its header alone (no
+    tensor read, nothing hashed); FormatError for a malformed header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+        size = f.seek(0, 2)
+        if not looks_like(head, size):
+            raise FormatError("not a safetensors file")
+        (n,) = struct.unpack("<Q", head[:8])
+        f.seek(8)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise FormatError("malformed safetensors header (not JSON)") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise FormatError("malformed safetensors metadata (str -> str expected)")
+    return meta

@@ -35,7 +35,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .safe_pickle import Budget, FormatError, check_depth, check_index, check_shape, prescan
+from .safe_pickle import Budget, FormatError, check_index, check_shape, guarded_load
 
 # Little-endian (byteorder "little" is what torch writes on every platform
 # jclip runs on; a "big" archive is byte-swapped below).
@@ -47,9 +47,6 @@ _STORAGE_DTYPES = {
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + _LEGACY_MAGIC.to_bytes(10, "little")
-
-
-TorchFormatError = FormatError   # the old name; one error class for every reader
 
 
 class ScriptObject:
@@ -91,7 +88,7 @@ class _TensorRef:
 
 def _rebuild_tensor(storage, offset, shape, stride, *_ignored):
     if not isinstance(storage, _Storage):
-        raise TorchFormatError("tensor without a storage")
+        raise FormatError("tensor without a storage")
     return _TensorRef(storage, offset, shape, stride)
 
 
@@ -102,7 +99,7 @@ def _rebuild_parameter(data, *_ignored):
 def _rebuild_from_type_v2(func, _new_type, args, _state):
     # A Tensor subclass (e.g. nn.Parameter saved whole): keep the plain data.
     if func not in (_rebuild_tensor, _rebuild_parameter):
-        raise TorchFormatError("unexpected tensor rebuild function")
+        raise FormatError("unexpected tensor rebuild function")
     return func(*args)
 
 
@@ -169,25 +166,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _unpickle(data_or_file, persistent_load=None, end=None):
     """One restricted pickle from bytes, or from a file object whose size is
-    ``end``; record lengths are checked first (:func:`prescan`)."""
+    ``end`` (safe_pickle's guarded sequence)."""
     if isinstance(data_or_file, (bytes, bytearray)):
         f, end = io.BytesIO(data_or_file), len(data_or_file)
     else:
         f = data_or_file
-    prescan(f, end)
-    try:
-        obj = _RestrictedUnpickler(f, persistent_load).load()
-    except TorchFormatError:
-        raise
-    except pickle.UnpicklingError as e:
-        raise TorchFormatError(str(e)) from None
-    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            struct.error, UnicodeDecodeError, OverflowError, MemoryError,
-            RecursionError) as e:
-        raise TorchFormatError(f"corrupt pickle ({type(e).__name__}: {str(e)[:200]})") \
-            from None
-    check_depth(obj, children=_children)
-    return obj
+    return guarded_load(_RestrictedUnpickler(f, persistent_load), f, end, children=_children)
 
 
 def _children(obj):
@@ -201,7 +185,7 @@ def _children(obj):
 def _storage_pid(pid):
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
             and isinstance(pid[1], _StorageType)):
-        raise TorchFormatError(f"unexpected persistent id {pid!r:.80}")
+        raise FormatError(f"unexpected persistent id {pid!r:.80}")
     return pid
 
 
@@ -212,20 +196,20 @@ def _materialize(ref, budget):
     st = ref.storage
     data = st.data
     if data is None:
-        raise TorchFormatError(f"storage {st.key} has no data")
+        raise FormatError(f"storage {st.key} has no data")
     what = f"tensor in storage {st.key}"
     shape = check_shape(ref.shape, what)
     stride = check_shape(ref.stride, what + " (stride)")
     offset = check_index(ref.offset, what + " offset")
     if len(stride) != len(shape):
-        raise TorchFormatError(f"{what}: shape {shape} and stride {stride} differ in length")
+        raise FormatError(f"{what}: shape {shape} and stride {stride} differ in length")
     n = math.prod(shape)
     if n == 0:
         arr = np.empty(shape, data.dtype)
     else:
         last = offset + sum((d - 1) * s for d, s in zip(shape, stride))
         if last >= data.size:
-            raise TorchFormatError(
+            raise FormatError(
                 f"tensor of shape {shape} runs past its storage "
                 f"{st.key} ({data.size} elements)")
         contiguous = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
@@ -283,7 +267,7 @@ def _zip_root(zf):
     roots = [n[:-len("data.pkl")] for n in zf.namelist()
              if n.endswith("data.pkl") and n.count("/") == 1]
     if len(roots) != 1:
-        raise TorchFormatError(
+        raise FormatError(
             "zip archive without a single '<root>/data.pkl': not a torch "
             "checkpoint")
     return roots[0]
@@ -299,9 +283,9 @@ def _read_member(zf, name, limit, budget):
     try:
         info = zf.getinfo(name)
     except KeyError:
-        raise TorchFormatError(f"zip member {name} is missing") from None
+        raise FormatError(f"zip member {name} is missing") from None
     if info.file_size > limit:
-        raise TorchFormatError(
+        raise FormatError(
             f"zip member {name} declares {info.file_size} bytes, more than the "
             f"{limit} it may hold")
     budget.take(info.file_size, f"zip member {name}")
@@ -310,9 +294,9 @@ def _read_member(zf, name, limit, budget):
             data = f.read(info.file_size + 1)
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
             NotImplementedError, RuntimeError) as e:
-        raise TorchFormatError(f"corrupt zip member {name} ({str(e)[:200]})") from None
+        raise FormatError(f"corrupt zip member {name} ({str(e)[:200]})") from None
     if len(data) != info.file_size:
-        raise TorchFormatError(
+        raise FormatError(
             f"zip member {name} holds {len(data)} bytes, its directory entry says "
             f"{info.file_size}")
     return data
@@ -375,28 +359,28 @@ def read_zip(path):
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise TorchFormatError(f"corrupt or truncated zip archive ({e})") \
+        raise FormatError(f"corrupt or truncated zip archive ({e})") \
             from None
     with zf:
         names = zf.namelist()
         if len(set(names)) != len(names):
             # zipfile would silently take the last copy of a duplicated name.
             dup = next(n for n in names if names.count(n) > 1)
-            raise TorchFormatError(f"zip member {dup[:80]} appears twice")
+            raise FormatError(f"zip member {dup[:80]} appears twice")
         root = _zip_root(zf)
         order = "little"
         if root + "byteorder" in zf.namelist():
             raw = _read_member(zf, root + "byteorder", 16, budget)
             order = raw.decode("ascii", "replace").strip()
             if order not in ("little", "big"):
-                raise TorchFormatError(
+                raise FormatError(
                     f"byteorder record is {raw[:16]!r}, not 'little' or 'big'")
         storages = {}
 
         def load_storage(pid):
             _, stype, key, _location, numel = _storage_pid(pid)[:5]
             if not isinstance(key, str) or "/" in key or key in ("", ".", ".."):
-                raise TorchFormatError("storage key is not a plain name")
+                raise FormatError("storage key is not a plain name")
             if key not in storages:
                 # The member may hold no more than the storage's declared size.
                 nbytes = check_index(numel, f"storage data/{key} size") * stype.dtype.itemsize
@@ -404,7 +388,7 @@ def read_zip(path):
                 dtype = stype.dtype if order == "little" \
                     else stype.dtype.newbyteorder(">")
                 if len(raw) % dtype.itemsize:
-                    raise TorchFormatError(f"storage data/{key} is truncated")
+                    raise FormatError(f"storage data/{key} is truncated")
                 st = _Storage(stype, key)
                 st.data = np.frombuffer(raw, dtype)
                 storages[key] = st
@@ -435,7 +419,7 @@ def read_legacy(path):
     def load_storage(pid):
         stype, key = _storage_pid(pid)[1:3]
         if not isinstance(key, str):
-            raise TorchFormatError("storage key is not a string")
+            raise FormatError("storage key is not a string")
         view = pid[5] if len(pid) > 5 else None
         if key not in storages:
             storages[key] = _Storage(stype, key)
@@ -443,7 +427,7 @@ def read_legacy(path):
         if view is not None:
             # An old-style storage view: (view_key, offset, size).
             if not (isinstance(view, tuple) and len(view) == 3):
-                raise TorchFormatError(f"storage view of {key} is malformed")
+                raise FormatError(f"storage view of {key} is malformed")
             _view_key, offset, vsize = view
             views.append(_StorageView(st, check_index(offset, f"view offset in {key}"),
                                       check_index(vsize, f"view size in {key}")))
@@ -452,42 +436,42 @@ def read_legacy(path):
 
     with open(path, "rb") as f:
         if _unpickle(f, end=size) != _LEGACY_MAGIC:
-            raise TorchFormatError("bad magic number")
+            raise FormatError("bad magic number")
         protocol = _unpickle(f, end=size)
         if protocol != 1001:
-            raise TorchFormatError(f"unsupported legacy protocol {str(protocol)[:40]}")
+            raise FormatError(f"unsupported legacy protocol {str(protocol)[:40]}")
         sys_info = _unpickle(f, end=size)
         if isinstance(sys_info, dict) and not sys_info.get(
                 "little_endian", True):
-            raise TorchFormatError("big-endian legacy files are not supported")
+            raise FormatError("big-endian legacy files are not supported")
         obj = _unpickle(f, load_storage, end=size)
         keys = _unpickle(f, end=size)
         if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) for k in keys):
-            raise TorchFormatError("the storage key list is not a list of strings")
+            raise FormatError("the storage key list is not a list of strings")
         for key in keys:
             st = storages.get(key)
             if st is None:
-                raise TorchFormatError(f"unknown storage key {key[:40]!r}")
+                raise FormatError(f"unknown storage key {key[:40]!r}")
             if st.data is not None:
-                raise TorchFormatError(f"storage {key[:40]!r} listed twice")
+                raise FormatError(f"storage {key[:40]!r} listed twice")
             head = f.read(8)
             if len(head) != 8:
-                raise TorchFormatError("file is truncated")
+                raise FormatError("file is truncated")
             (numel,) = struct.unpack("<q", head)
             nbytes = numel * st.type.dtype.itemsize
             left = size - f.tell()
             if numel < 0 or nbytes > left:
                 # Checked before allocating: a 352-byte file may declare 12 GiB.
-                raise TorchFormatError(
+                raise FormatError(
                     f"storage {key[:40]!r} declares {numel} elements ({nbytes} bytes), "
                     f"but only {left} bytes are left in the file")
             raw = bytearray(nbytes)
             if f.readinto(raw) != nbytes:
-                raise TorchFormatError("file is truncated")
+                raise FormatError("file is truncated")
             st.data = np.frombuffer(raw, st.type.dtype)
         if f.read(1):
             # Bytes after the last storage: shifted or spliced data.
-            raise TorchFormatError("unexpected bytes after the last storage")
+            raise FormatError("unexpected bytes after the last storage")
     for view in views:
         view.resolve()
     return _resolve(obj, budget)

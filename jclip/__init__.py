@@ -12,7 +12,8 @@ Public API (each documented where it lives): ``load``, ``available_models``,
 ``use_device``, ``weights_sha256`` (models/load.py; ``load`` in pretrained.py); ``tokenize``
 (models/tokenizer.py); ``encode_images``, ``encode_image_files``,
 ``encode_texts`` (features/encode.py); ``Preprocess``, ``load_images``
-(data/images.py); ``build_model``, ``CLIP`` (models/clip.py).
+(data/images.py); ``build_model``, ``CLIP`` (models/clip.py);
+``add_model_config`` (catalog/store.py).
 """
 from typing import TYPE_CHECKING, Any, List
 
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 # name -> submodule; resolved on first use (PEP 562) so `import jclip` is cheap.
 _LAZY = {
     "available_models": "models.load", "load": "pretrained", "use_device": "models.load",
-    "weights_sha256": "models.load",
+    "weights_sha256": "models.load", "add_model_config": "catalog",
     "encode_images": "features.encode", "encode_image_files": "features.encode",
     "encode_texts": "features.encode",
     "build_model": "models.clip", "CLIP": "models.clip",
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # the real signatures for type checkers and IDEs; never run
     from .models.load import available_models, use_device, weights_sha256  # noqa: F401
     from .pretrained import load  # noqa: F401
     from .models.tokenizer import tokenize  # noqa: F401
+    from .catalog import add_model_config  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,8 @@ writing, to the module that owns each format: :mod:`.safetensors_io`
 (jclip's default: tensors plus string metadata whose key ``"jclip_meta"``
 holds the JSON of jclip's meta), :mod:`.pkl` (Jittor's own format, what
 ``jittor.save`` writes and ``jittor.load`` reads) and :mod:`.torch_reader`
-(TorchScript, torch zip and legacy files; read only).
+(TorchScript and torch zip files) and :mod:`.torch_legacy` (pre-1.6
+torch files); torch files are only read.
 
 Reading never executes code from the file and never trusts a size it
 declares.  Every failure is one :class:`CheckpointError` naming the file (and
@@ -24,7 +25,7 @@ import numpy as np
 
 from . import pkl as _pkl
 from . import safetensors_io
-from . import torch_reader
+from . import torch_legacy, torch_reader
 from .safe_pickle import FormatError
 from ..io import atomic_open
 
@@ -147,7 +148,7 @@ def sniff_format(path):
             raise CheckpointError(
                 f"{path}: corrupt or truncated zip archive ({str(e)[:200]})") from None
         return "zip", size
-    if torch_reader.is_legacy(head):
+    if torch_legacy.is_legacy(head):
         return "torch-legacy", size
     if safetensors_io.looks_like(head, size):
         return "safetensors", size
@@ -170,7 +171,7 @@ def _read_any(path, kind, size):
     if kind == "zip":
         obj, meta["format"] = torch_reader.read_zip(path)
     elif kind == "torch-legacy":
-        obj, meta["format"] = torch_reader.read_legacy(path), "torch-legacy"
+        obj, meta["format"] = torch_legacy.read_legacy(path), "torch-legacy"
     elif kind == "safetensors":
         obj, stored = safetensors_io.read(path)
         if ST_META_KEY in stored:

@@ -1,4 +1,6 @@
-"""Read PyTorch checkpoints into numpy without importing torch.
+"""Read PyTorch checkpoints into numpy without importing torch: the zip
+formats here, the legacy one in :mod:`.torch_legacy` (sharing this module's
+restricted unpickler and tensor stand-ins).
 
 Three layouts exist in the wild:
 
@@ -28,7 +30,6 @@ import math
 import os
 import pickle
 import re
-import struct
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -45,8 +46,6 @@ _STORAGE_DTYPES = {
     "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2",
     "CharStorage": "i1", "ByteStorage": "u1", "BoolStorage": "?",
 }
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + _LEGACY_MAGIC.to_bytes(10, "little")
 
 
 class ScriptObject:
@@ -67,7 +66,7 @@ class _StorageType:
         self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
-class _Storage:
+class Storage:
     """A storage's dtype plus its flat data, filled in by the loader."""
 
     def __init__(self, storage_type, key):
@@ -87,7 +86,7 @@ class _TensorRef:
 
 
 def _rebuild_tensor(storage, offset, shape, stride, *_ignored):
-    if not isinstance(storage, _Storage):
+    if not isinstance(storage, Storage):
         raise FormatError("tensor without a storage")
     return _TensorRef(storage, offset, shape, stride)
 
@@ -164,7 +163,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._pid(pid)
 
 
-def _unpickle(data_or_file, persistent_load=None, end=None):
+def unpickle(data_or_file, persistent_load=None, end=None):
     """One restricted pickle from bytes, or from a file object whose size is
     ``end`` (safe_pickle's guarded sequence)."""
     if isinstance(data_or_file, (bytes, bytearray)):
@@ -182,7 +181,7 @@ def _children(obj):
     return None
 
 
-def _storage_pid(pid):
+def storage_pid(pid):
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
             and isinstance(pid[1], _StorageType)):
         raise FormatError(f"unexpected persistent id {pid!r:.80}")
@@ -232,10 +231,10 @@ def _materialize(ref, budget):
     return arr
 
 
-def _resolve(obj, budget, memo=None):
+def resolve_tensors(obj, budget, memo=None):
     """Replace every _TensorRef inside containers and ScriptObjects by its
     ndarray (in place for ScriptObjects, so shared modules stay shared).
-    Depth was bounded by _unpickle's check_depth."""
+    Depth was bounded by unpickle's check_depth."""
     if memo is None:
         memo = {}
     if id(obj) in memo:
@@ -243,17 +242,17 @@ def _resolve(obj, budget, memo=None):
     if isinstance(obj, _TensorRef):
         out = _materialize(obj, budget)
     elif isinstance(obj, dict):
-        out = type(obj)((k, _resolve(v, budget, memo)) for k, v in obj.items()) \
+        out = type(obj)((k, resolve_tensors(v, budget, memo)) for k, v in obj.items()) \
             if isinstance(obj, OrderedDict) else \
-            {k: _resolve(v, budget, memo) for k, v in obj.items()}
+            {k: resolve_tensors(v, budget, memo) for k, v in obj.items()}
     elif isinstance(obj, list):
-        out = [_resolve(v, budget, memo) for v in obj]
+        out = [resolve_tensors(v, budget, memo) for v in obj]
     elif isinstance(obj, tuple):
-        out = tuple(_resolve(v, budget, memo) for v in obj)
+        out = tuple(resolve_tensors(v, budget, memo) for v in obj)
     elif isinstance(obj, ScriptObject):
         memo[id(obj)] = obj
         if isinstance(getattr(obj, "state", None), dict):
-            obj.state = {k: _resolve(v, budget, memo) for k, v in obj.state.items()}
+            obj.state = {k: resolve_tensors(v, budget, memo) for k, v in obj.state.items()}
         return obj
     else:
         out = obj
@@ -326,7 +325,7 @@ def _parse_declarations(zf, root, budget):
 def _flatten_script(obj, decls, prefix="", out=None, seen=None):
     """The state dict ``torch.jit.load(...).state_dict()`` returns: own
     parameters, then buffers, then submodules, recursively (depth bounded by
-    _unpickle; a module reachable twice is visited once)."""
+    unpickle; a module reachable twice is visited once)."""
     if out is None:
         out, seen = OrderedDict(), set()
     if id(obj) in seen:
@@ -378,7 +377,7 @@ def read_zip(path):
         storages = {}
 
         def load_storage(pid):
-            _, stype, key, _location, numel = _storage_pid(pid)[:5]
+            _, stype, key, _location, numel = storage_pid(pid)[:5]
             if not isinstance(key, str) or "/" in key or key in ("", ".", ".."):
                 raise FormatError("storage key is not a plain name")
             if key not in storages:
@@ -389,101 +388,14 @@ def read_zip(path):
                     else stype.dtype.newbyteorder(">")
                 if len(raw) % dtype.itemsize:
                     raise FormatError(f"storage data/{key} is truncated")
-                st = _Storage(stype, key)
+                st = Storage(stype, key)
                 st.data = np.frombuffer(raw, dtype)
                 storages[key] = st
             return storages[key]
 
-        obj = _unpickle(_read_member(zf, root + "data.pkl", _MAX_CODE, budget), load_storage)
-        obj = _resolve(obj, budget)
+        obj = unpickle(_read_member(zf, root + "data.pkl", _MAX_CODE, budget), load_storage)
+        obj = resolve_tensors(obj, budget)
         if isinstance(obj, ScriptObject):
             return _flatten_script(obj, _parse_declarations(zf, root, budget)), \
                 "torchscript"
         return obj, "torch-zip"
-
-
-# ------------------------------------------------------------- legacy format
-
-def is_legacy(head):
-    return head.startswith(_LEGACY_PREFIX)
-
-
-def read_legacy(path):
-    """The object saved by torch.save(..., _use_new_zipfile_serialization=
-    False).  Every storage's declared size is checked against the bytes left
-    in the file before it is allocated."""
-    storages, views = {}, []
-    size = os.path.getsize(path)
-    budget = Budget(size, factor=4)
-
-    def load_storage(pid):
-        stype, key = _storage_pid(pid)[1:3]
-        if not isinstance(key, str):
-            raise FormatError("storage key is not a string")
-        view = pid[5] if len(pid) > 5 else None
-        if key not in storages:
-            storages[key] = _Storage(stype, key)
-        st = storages[key]
-        if view is not None:
-            # An old-style storage view: (view_key, offset, size).
-            if not (isinstance(view, tuple) and len(view) == 3):
-                raise FormatError(f"storage view of {key} is malformed")
-            _view_key, offset, vsize = view
-            views.append(_StorageView(st, check_index(offset, f"view offset in {key}"),
-                                      check_index(vsize, f"view size in {key}")))
-            return views[-1]
-        return st
-
-    with open(path, "rb") as f:
-        if _unpickle(f, end=size) != _LEGACY_MAGIC:
-            raise FormatError("bad magic number")
-        protocol = _unpickle(f, end=size)
-        if protocol != 1001:
-            raise FormatError(f"unsupported legacy protocol {str(protocol)[:40]}")
-        sys_info = _unpickle(f, end=size)
-        if isinstance(sys_info, dict) and not sys_info.get(
-                "little_endian", True):
-            raise FormatError("big-endian legacy files are not supported")
-        obj = _unpickle(f, load_storage, end=size)
-        keys = _unpickle(f, end=size)
-        if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) for k in keys):
-            raise FormatError("the storage key list is not a list of strings")
-        for key in keys:
-            st = storages.get(key)
-            if st is None:
-                raise FormatError(f"unknown storage key {key[:40]!r}")
-            if st.data is not None:
-                raise FormatError(f"storage {key[:40]!r} listed twice")
-            head = f.read(8)
-            if len(head) != 8:
-                raise FormatError("file is truncated")
-            (numel,) = struct.unpack("<q", head)
-            nbytes = numel * st.type.dtype.itemsize
-            left = size - f.tell()
-            if numel < 0 or nbytes > left:
-                # Checked before allocating: a 352-byte file may declare 12 GiB.
-                raise FormatError(
-                    f"storage {key[:40]!r} declares {numel} elements ({nbytes} bytes), "
-                    f"but only {left} bytes are left in the file")
-            raw = bytearray(nbytes)
-            if f.readinto(raw) != nbytes:
-                raise FormatError("file is truncated")
-            st.data = np.frombuffer(raw, st.type.dtype)
-        if f.read(1):
-            # Bytes after the last storage: shifted or spliced data.
-            raise FormatError("unexpected bytes after the last storage")
-    for view in views:
-        view.resolve()
-    return _resolve(obj, budget)
-
-
-class _StorageView(_Storage):
-    """A legacy view (offset, size) into another storage."""
-
-    def __init__(self, base, offset, size):
-        super().__init__(base.type, f"{base.key}[{offset}:{offset + size}]")
-        self.base, self.start, self.size = base, offset, size
-
-    def resolve(self):
-        if self.base.data is not None:
-            self.data = self.base.data[self.start:self.start + self.size]

@@ -52,18 +52,20 @@ def save_torchscript(model, image_size, path):
     return path
 
 
+def tiny_archive(tmp_path_factory, folder, name, layers, width):
+    """A tiny CLIP saved as an OpenAI-style TorchScript file ``folder/name``."""
+    model, size = tiny_clip(layers, width)
+    return save_torchscript(model, size, tmp_path_factory.mktemp(folder) / name)
+
+
 @pytest.fixture(scope="module")
 def vit_archive(tmp_path_factory):
-    model, size = tiny_clip(2, 32)
-    return save_torchscript(model, size,
-                            tmp_path_factory.mktemp("ts") / "ViT-tiny.pt")
+    return tiny_archive(tmp_path_factory, "ts", "ViT-tiny.pt", 2, 32)
 
 
 @pytest.fixture(scope="module")
 def rn_archive(tmp_path_factory):
-    model, size = tiny_clip((1, 1, 1, 1), 64)
-    return save_torchscript(model, size,
-                            tmp_path_factory.mktemp("ts") / "RN-tiny.pt")
+    return tiny_archive(tmp_path_factory, "ts", "RN-tiny.pt", (1, 1, 1, 1), 64)
 
 
 def assert_same(ours, ref):

@@ -20,7 +20,7 @@ from jclip.weights.checkpoint import read_state_dict, save_state_dict
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
-from test_checkpoint import save_torchscript, tiny_clip  # noqa: E402
+from test_checkpoint import save_torchscript, tiny_archive, tiny_clip  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -59,9 +59,7 @@ def listing(*dirs):
 
 @pytest.fixture(scope="module")
 def vit_file(tmp_path_factory):
-    model, size = tiny_clip(2, 32)
-    return save_torchscript(model, size,
-                            tmp_path_factory.mktemp("src") / "ViT-B-32.pt")
+    return tiny_archive(tmp_path_factory, "src", "ViT-B-32.pt", 2, 32)
 
 
 @pytest.fixture(scope="module")

@@ -66,8 +66,14 @@ def convert_one(src, out, model, dtype, force, expected_sha=None, log: Log = pri
             f"{src}: SHA-256 is {sha}, expected {expected_sha} (a corrupt or "
             "different file): delete it to download it again, or, offline, convert "
             f"this very file on its own: python convert.py {src} --out FILE")
+    return _convert_unless_current(src, out, sha, model, dtype, force, fmt, log, os.path.basename(src))
+
+
+def _convert_unless_current(src, out, sha, model, dtype, force, fmt, log: Log, shown: str):
+    """convert_checkpoint(src -> out) unless ``out`` is up to date for ``sha``
+    (``shown`` names the source in the message); "skipped" or "converted"."""
     if not force and is_up_to_date(out, sha, dtype, fmt):
-        log(f"{out}: up to date (source {os.path.basename(src)}, sha256 {sha[:12]}...)")
+        log(f"{out}: up to date (source {shown}, sha256 {sha[:12]}...)")
         return "skipped"
     log(f"{src} -> {out} ({dtype})")
     convert_checkpoint(src, out, model=model, dtype=dtype, source_sha256=sha, fmt=fmt)
@@ -109,12 +115,7 @@ def _convert_open_clip(name, src_dir, out_dir, dtype, force, allow_download, pro
         src, sha = hub.fetch(card, src_dir, progress, timeout, max_time, log)
     else:
         sha = sha256_file(src)
-    if not force and is_up_to_date(out, sha, dtype, fmt):
-        log(f"{out}: up to date (source {src}, sha256 {sha[:12]}...)")
-        return "skipped"
-    log(f"{src} -> {out} ({dtype})")
-    convert_checkpoint(src, out, model=name, dtype=dtype, source_sha256=sha, fmt=fmt)
-    return "converted"
+    return _convert_unless_current(src, out, sha, name, dtype, force, fmt, log, src)
 
 
 def convert_model(name, src_dir, out_dir, dtype, force=False, allow_download=True, progress=True,

@@ -1,136 +1,61 @@
-"""Small PNG line, bar and table plots drawn with Pillow (no matplotlib dependency).
+"""The report figures (line, bar, heatmap), drawn with matplotlib's Agg backend.
 
-    line_plot("acc.png", {"CoOp": ([1, 5, 16], [60.1, 70.2, 75.0])},
-              "Accuracy vs shots", "shots", "top-1 (%)")
+    line_plot("acc.png", {"CoOp": ([1, 4, 16], [60.1, 70.2, 75.0], [0.8, 0.5, 0.3])},
+              "Accuracy vs shots", "shots per class", "top-1 (%)", log_x=True)
     bar_plot("speed.png", ["jittor", "torch"], [1.2, 1.5], "Step time", "s")
     heatmap_plot("routing.png", ["dog", "not dog"], ["LP++", "dog head"],
                  [[3, 97], [88, 12]], "Routing")
 
-Non-finite values are skipped (a line is broken there), so a missing result
-never draws a spike to zero.
+Each ``*_plot`` writes a PNG at ``path`` and an SVG beside it (same stem),
+both atomically, and returns ``path``; the matching ``*_figure`` returns the
+matplotlib Figure itself (what the tests read the labels from).
 
-Text is drawn in a real TrueType font (DejaVu Sans, else Liberation Sans or
-Arial) when one is installed, else in Pillow's bitmap font: Pillow's built-in
-scalable default (10 px Aileron) draws a space 2 px wide, which reads as no
-space at all ("ViTweight", "seen, notdog").
+Every figure has its own ``Figure`` and Agg canvas: pyplot's global state is
+never touched, so plotting needs no display, is safe beside a user's own
+pyplot session and leaves no figure open.  matplotlib is imported inside the
+functions, so ``import jclip`` does not import it.
+
+Non-finite values are left out (a line is broken there, a bar is not drawn),
+so a missing result never draws a spike to zero.
 """
-import functools
 import math
-
-from PIL import Image, ImageDraw, ImageFont
+import os
 
 from .io import atomic_open
 
-WIDTH, HEIGHT = 800, 520
-MARGIN = dict(left=80, right=190, top=50, bottom=60)
-FONT_SIZE = 12
-FONT_FILES = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-              "/usr/share/fonts/TTF/DejaVuSans.ttf", "LiberationSans-Regular.ttf",
-              "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf", "Arial.ttf")
-COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-           "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+DPI = 100
+SIZE = (8.0, 5.2)            # inches: 800 x 520 pixels at DPI
+LEGEND_INSIDE_MAX = 5        # more series than this: the legend goes beside the axes
+# a marker and a dash pattern per series as well as a colour: lines that
+# coincide (common on small validation sets) stay visible, also in grey print
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+DASHES = ("-", "--", "-.", ":")
 
 
-def nice_ticks(lo, hi, count=6):
-    """Round tick values covering [lo, hi] (1, 2, 2.5, 5 x 10^k steps)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        lo, hi = 0.0, 1.0
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    raw = (hi - lo) / max(1, count - 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    ticks = [round(start, 10)]
-    while ticks[-1] < hi - step * 1e-9 or len(ticks) < 2:
-        ticks.append(round(start + len(ticks) * step, 10))
-    return ticks
+def _figure(size=SIZE):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
-@functools.lru_cache(maxsize=None)
-def font(size=FONT_SIZE, files=FONT_FILES):
-    """The first TrueType font of ``files`` that loads (Pillow also searches the
-    system font folders for a bare name), else Pillow's bitmap font, whose
-    spaces are visible."""
-    for name in files:
-        try:
-            return ImageFont.truetype(name, size)
-        except (OSError, ImportError):    # not installed / Pillow without FreeType
-            continue
-    bitmap = getattr(ImageFont, "load_default_imagefont", None)   # Pillow >= 10.1
-    return bitmap() if bitmap else ImageFont.load_default()
+def svg_path(path):
+    """Where the SVG of the PNG ``path`` goes: same folder and stem."""
+    return os.path.splitext(os.fspath(path))[0] + ".svg"
 
 
-def text_width(fnt, s):
-    """Width in pixels of ``s`` in ``fnt``."""
-    box = fnt.getbbox(str(s))
-    return box[2] - min(box[0], 0)
-
-
-def draw_text(draw, xy, s, fnt, anchor="la", fill="black"):
-    """Text at ``xy`` placed by a two-letter ``anchor`` (l/m/r, then a/t/m/b as
-    in Pillow); works for bitmap fonts too, which take no anchor."""
-    s = str(s)
-    if isinstance(fnt, ImageFont.FreeTypeFont):
-        draw.text(xy, s, fill=fill, font=fnt, anchor=anchor)
-        return
-    x0, y0, x1, y1 = fnt.getbbox(s)
-    w, h = x1 - x0, y1 - y0
-    x = xy[0] - {"l": 0, "m": w / 2, "r": w}[anchor[0]] - x0
-    y = xy[1] - {"a": 0, "t": 0, "m": h / 2, "b": h, "s": h, "d": h}[anchor[1]] - y0
-    draw.text((x, y), s, fill=fill, font=fnt)
-
-
-def _fmt(v):
-    return f"{v:g}" if abs(v) < 1e5 else f"{v:.2g}"
-
-
-class _Canvas:
-    """An image with a plotting box mapping data (x, y) ranges to pixels."""
-
-    def __init__(self, title, xlabel, ylabel, yticks, xrange):
-        self.img = Image.new("RGB", (WIDTH, HEIGHT), "white")
-        self.draw = ImageDraw.Draw(self.img)
-        self.font = font()
-        self.x0, self.x1 = MARGIN["left"], WIDTH - MARGIN["right"]
-        self.y0, self.y1 = HEIGHT - MARGIN["bottom"], MARGIN["top"]
-        self.ylo, self.yhi = yticks[0], yticks[-1]
-        self.xlo, self.xhi = xrange
-        d = self.draw
-        d.rectangle([self.x0, self.y1, self.x1, self.y0], outline="black")
-        for t in yticks:
-            py = self.py(t)
-            d.line([self.x0, py, self.x1, py], fill="#e0e0e0")
-            d.line([self.x0 - 4, py, self.x0, py], fill="black")
-            self.text(self.x0 - 8, py, _fmt(t), anchor="rm")
-        self.text((self.x0 + self.x1) / 2, 25, title, anchor="mm")
-        self.text((self.x0 + self.x1) / 2, HEIGHT - 20, xlabel, anchor="mm")
-        self.text(12, self.y1 - 20, ylabel, anchor="lm")
-
-    def text(self, x, y, s, anchor="la", fill="black"):
-        draw_text(self.draw, (x, y), s, self.font, anchor, fill)
-
-    def px(self, x):
-        return self.x0 + (x - self.xlo) / (self.xhi - self.xlo) * (self.x1 - self.x0)
-
-    def py(self, y):
-        return self.y0 - (y - self.ylo) / (self.yhi - self.ylo) * (self.y0 - self.y1)
-
-    def legend(self, names):
-        for i, name in enumerate(names):
-            y = self.y1 + 10 + 18 * i
-            colour = COLOURS[i % len(COLOURS)]
-            self.draw.line([self.x1 + 12, y, self.x1 + 32, y], fill=colour, width=3)
-            self.text(self.x1 + 38, y, name, anchor="lm")
-
-    def save(self, path):
-        return save_png(self.img, path)
-
-
-def save_png(img, path):
-    """Write a PNG atomically (temporary name, then rename)."""
+def save_figure(fig, path):
+    """Write ``fig`` as PNG at ``path`` and as SVG beside it (temporary names,
+    then rename); returns ``path``."""
+    from matplotlib import rc_context
+    path = os.fspath(path)
     with atomic_open(path) as f:
-        img.save(f, format="PNG")
+        fig.savefig(f, format="png", dpi=DPI)
+    # no timestamp and a fixed salt for the element ids (else a fresh uuid4):
+    # the same figure gives the same bytes, so a results folder diffs cleanly
+    with atomic_open(svg_path(path)) as f, rc_context({"svg.hashsalt": "jclip"}):
+        fig.savefig(f, format="svg", metadata={"Date": None})
     return path
 
 
@@ -141,83 +66,146 @@ def _finite(v):
         return False
 
 
-def line_plot(path, series, title="", xlabel="", ylabel="", log_x=False):
-    """One line with markers per ``series`` entry name -> (xs, ys)."""
+def _fmt(v):
+    return f"{v:g}" if abs(v) < 1e5 else f"{v:.2g}"
+
+
+def _label_axes(ax, title, xlabel, ylabel):
+    ax.set_title(str(title))
+    ax.set_xlabel(str(xlabel))
+    ax.set_ylabel(str(ylabel))
+
+
+def line_figure(series, title="", xlabel="", ylabel="", log_x=False):
+    """One line with markers per ``series`` entry: name -> (xs, ys) or
+    (xs, ys, errors), errors drawn as error bars (e.g. the std over seeds).
+    ``log_x``: logarithmic x axis (points at x <= 0 left out), ticked at the
+    data's x values (1, 2, 4, 8, 16 shots read as such)."""
     if not series:
         raise ValueError("line_plot: no series to draw")
-    fx = (lambda v: math.log10(v)) if log_x else float
-    pts = {n: [(fx(x), float(y)) for x, y in zip(xs, ys) if _finite(x) and _finite(y)
-               and (not log_x or x > 0)] for n, (xs, ys) in series.items()}
-    allx = [p[0] for ps in pts.values() for p in ps] or [0.0, 1.0]
-    ally = [p[1] for ps in pts.values() for p in ps] or [0.0, 1.0]
-    xlo, xhi = min(allx), max(allx)
-    pad = 0.05 * (xhi - xlo) if xhi > xlo else 0.5
-    c = _Canvas(title, xlabel, ylabel, nice_ticks(min(ally), max(ally)), (xlo - pad, xhi + pad))
-    for x in sorted({x for xs, _ in series.values() for x in xs if _finite(x)}):
-        if log_x and x <= 0:
-            continue
-        px = c.px(fx(x))
-        c.draw.line([px, c.y0, px, c.y0 + 4], fill="black")
-        c.text(px, c.y0 + 8, _fmt(x), anchor="mt")
-    for i, (name, _) in enumerate(series.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        xy = [(c.px(x), c.py(y)) for x, y in pts[name]]
-        if len(xy) > 1:
-            c.draw.line(xy, fill=colour, width=2)
-        for x, y in xy:
-            c.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    c.legend(list(series))
-    return c.save(path)
+    fig = _figure()
+    ax = fig.add_subplot()
+    xticks = set()
+    for k, (name, entry) in enumerate(series.items()):
+        if len(entry) not in (2, 3):
+            raise ValueError(f"line_plot: series {name!r} must be (xs, ys) or (xs, ys, errors)")
+        xs, ys = list(entry[0]), list(entry[1])
+        errs = list(entry[2]) if len(entry) == 3 and entry[2] is not None else None
+        if len(xs) != len(ys) or (errs is not None and len(errs) != len(xs)):
+            raise ValueError(f"line_plot: series {name!r} has {len(xs)} x values, {len(ys)} y values"
+                             + ("" if errs is None else f" and {len(errs)} errors"))
+        keep = [i for i in range(len(xs)) if _finite(xs[i]) and (not log_x or float(xs[i]) > 0)]
+        keep.sort(key=lambda i: float(xs[i]))
+        x = [float(xs[i]) for i in keep]
+        # NaN (not a dropped point) where y is missing: matplotlib breaks the line there
+        y = [float(ys[i]) if _finite(ys[i]) else math.nan for i in keep]
+        e = None if errs is None else [float(errs[i]) if _finite(errs[i]) else 0.0 for i in keep]
+        xticks.update(x)
+        ax.errorbar(x, y, yerr=e, marker=MARKERS[k % len(MARKERS)], markersize=5, linewidth=1.6,
+                    linestyle=DASHES[k % len(DASHES)], capsize=3, label=str(name))
+    if log_x:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    if xticks and (log_x or len(xticks) <= 12):
+        ticks = sorted(xticks)
+        ax.set_xticks(ticks, labels=[_fmt(t) for t in ticks])
+    ax.grid(True, alpha=0.3)
+    _label_axes(ax, title, xlabel, ylabel)
+    if len(series) <= LEGEND_INSIDE_MAX:
+        ax.legend(loc="best", fontsize="small")
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    return fig
 
 
-def bar_plot(path, labels, values, title="", ylabel=""):
-    """One bar per label, its value written above it."""
+def line_plot(path, series, title="", xlabel="", ylabel="", log_x=False):
+    """``line_figure`` saved as ``path`` (PNG) and its SVG; returns ``path``."""
+    return save_figure(line_figure(series, title, xlabel, ylabel, log_x), path)
+
+
+def bar_figure(labels, values, title="", ylabel="", errors=None, xlabel=""):
+    """One bar per label with its value written above it; ``errors``, when
+    given, as error bars."""
     labels, values = [str(s) for s in labels], [float(v) for v in values]
     if not labels or len(labels) != len(values):
         raise ValueError("bar_plot: need as many values as labels (at least one)")
-    shown = [v for v in values if math.isfinite(v)] or [0.0]
-    c = _Canvas(title, "", ylabel, nice_ticks(min(0.0, min(shown)), max(0.0, max(shown))),
-                (0.0, float(len(labels))))
-    base = c.py(max(c.ylo, min(0.0, c.yhi)))
-    for i, (label, v) in enumerate(zip(labels, values)):
-        left, right = c.px(i + 0.15), c.px(i + 0.85)
-        c.text((left + right) / 2, c.y0 + 8, label, anchor="mt")
+    if errors is not None and len(errors) != len(values):
+        raise ValueError("bar_plot: need as many errors as values")
+    from matplotlib import rcParams
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = _figure()
+    ax = fig.add_subplot()
+    shown = [v if math.isfinite(v) else 0.0 for v in values]
+    bars = ax.bar(range(len(labels)), shown, color=[colours[i % len(colours)] for i in range(len(labels))],
+                  yerr=None if errors is None else [float(e) if _finite(e) else 0.0 for e in errors],
+                  capsize=4)
+    for bar, v in zip(bars, values):
         if not math.isfinite(v):
-            continue
-        top = c.py(v)
-        c.draw.rectangle([left, min(top, base), right, max(top, base)], fill=COLOURS[i % len(COLOURS)])
-        c.text((left + right) / 2, min(top, base) - 4, _fmt(round(v, 4)), anchor="mb")
-    return c.save(path)
+            bar.set_visible(False)
+    ax.bar_label(bars, labels=[_fmt(round(v, 4)) if math.isfinite(v) else "n/a" for v in values],
+                 padding=2, fontsize="small")
+    ax.set_xticks(range(len(labels)), labels=labels,
+                  rotation=20 if sum(map(len, labels)) > 60 else 0,
+                  ha="right" if sum(map(len, labels)) > 60 else "center")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.margins(y=0.12)
+    ax.grid(True, axis="y", alpha=0.3)
+    _label_axes(ax, title, xlabel, ylabel)
+    return fig
 
 
-def heatmap_plot(path, row_labels, col_labels, counts, title=""):
-    """A table of counts, each cell shaded by its share of its row (white 0,
-    dark blue 1): a confusion table read at a glance."""
+def bar_plot(path, labels, values, title="", ylabel="", errors=None, xlabel=""):
+    """``bar_figure`` saved as ``path`` (PNG) and its SVG; returns ``path``."""
+    return save_figure(bar_figure(labels, values, title, ylabel, errors, xlabel), path)
+
+
+def heatmap_figure(row_labels, col_labels, counts, title="", xlabel="routed to", ylabel="true group"):
+    """A confusion table: each cell holds its count and its share of its row,
+    shaded by that share (white 0, dark blue 1), with a colour bar."""
     rows, cols = [str(r) for r in row_labels], [str(c) for c in col_labels]
     if not rows or not cols or len(counts) != len(rows) or any(len(r) != len(cols) for r in counts):
         raise ValueError("heatmap_plot: counts must be len(row_labels) x len(col_labels)")
-    fnt = font()
-    cell_w, cell_h = 130, 44
-    left = 30 + max(int(text_width(fnt, r)) for r in rows)
-    top = 96
-    img = Image.new("RGB", (left + cell_w * len(cols) + 30, top + cell_h * len(rows) + 50), "white")
-    d = ImageDraw.Draw(img)
-    draw_text(d, (img.width / 2, 25), str(title), fnt, "mm", "black")
-    draw_text(d, (left + cell_w * len(cols) / 2, 58), "routed to", fnt, "mm", "black")
-    for j, c in enumerate(cols):
-        draw_text(d, (left + cell_w * (j + 0.5), top - 10), c, fnt, "mb", "black")
-    for i, (r, row) in enumerate(zip(rows, counts)):
-        y = top + cell_h * i
-        draw_text(d, (left - 10, y + cell_h / 2), r, fnt, "rm", "black")
-        total = sum(float(v) for v in row)
-        for j, v in enumerate(row):
-            share = float(v) / total if total > 0 else 0.0
-            shade = tuple(int(255 - share * (255 - c)) for c in (31, 80, 160))
-            box = [left + cell_w * j, y, left + cell_w * (j + 1), y + cell_h]
-            d.rectangle(box, fill=shade, outline="#888888")
-            ink = "white" if share > 0.55 else "black"
-            label = f"{int(v)}" + (f" ({100 * share:.0f}%)" if total > 0 else "")
-            draw_text(d, ((box[0] + box[2]) / 2, y + cell_h / 2), label, fnt, "mm", ink)
-    draw_text(d, (10, img.height - 20), "rows: true group; cells: images (share of the row)",
-              fnt, "lm", "#555555")
-    return save_png(img, path)
+    import numpy as np
+    table = np.array([[float(v) for v in r] for r in counts])
+    totals = table.sum(axis=1, keepdims=True)
+    shares = np.divide(table, totals, out=np.zeros_like(table), where=totals > 0)
+    width = min(16.0, 3.0 + 0.09 * max(map(len, rows)) + 1.7 * len(cols))
+    fig = _figure((width, min(12.0, 1.9 + 0.55 * len(rows))))
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            text = f"{table[i, j]:g}" + (f" ({100 * shares[i, j]:.0f}%)" if totals[i, 0] > 0 else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize="small",
+                    color="white" if shares[i, j] > 0.55 else "black")
+    ax.set_xticks(range(len(cols)), labels=cols)
+    ax.set_yticks(range(len(rows)), labels=rows)
+    ax.tick_params(length=0)
+    ax.set_xticks(np.arange(len(cols) + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(rows) + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=2)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    fig.colorbar(image, ax=ax, label="share of the row", fraction=0.05)
+    _label_axes(ax, title, xlabel, ylabel)
+    return fig
+
+
+def heatmap_plot(path, row_labels, col_labels, counts, title="", xlabel="routed to", ylabel="true group"):
+    """``heatmap_figure`` saved as ``path`` (PNG) and its SVG; returns ``path``."""
+    return save_figure(heatmap_figure(row_labels, col_labels, counts, title, xlabel, ylabel), path)
+
+
+def figure_texts(fig):
+    """Every string a figure shows: titles, axis labels, tick labels, legend
+    entries, cell annotations, colour-bar labels (what a reader sees)."""
+    fig.canvas.draw()     # tick labels are filled in at draw time
+    out = []
+    for ax in fig.axes:
+        out += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        out += [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
+        out += [t.get_text() for t in ax.texts]
+        legend = ax.get_legend()
+        if legend is not None:
+            out += [t.get_text() for t in legend.get_texts()]
+    return [s for s in out if s]

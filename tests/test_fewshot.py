@@ -15,7 +15,6 @@ from jclip.fewshot import datasets as fewshot
 from jclip.fewshot import params as fewshot_params
 from jclip.fewshot.encoder import CachedEncoder
 from jclip.weights.checkpoint import save_state_dict
-from jclip.plot import bar_plot, line_plot, nice_ticks
 from reference import build_reference
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
@@ -204,7 +203,7 @@ def test_cli_end_to_end(colours, tiny_model, tmp_path, capsys):
     assert run["hyper_parameters"]["coop"]["epochs"] == 2
     assert run["hyper_parameters"]["coop"]["batch_size"] == 32
     assert run["hyper_parameters"]["cocoop"]["batch_size"] == 4
-    assert is_png(out / "accuracy.png")
+    assert is_png(out / "accuracy.png") and (out / "accuracy.svg").is_file()
     saved = sorted(os.listdir(out / "prompts"))
     assert saved == sorted([f"{m}-{s}shot-seed{d}.npz" for m in ("coop", "cocoop")
                             for s in (1, 2) for d in (1, 2)] +
@@ -291,18 +290,3 @@ def test_cli_reports_a_bad_folder_or_model(tmp_path, capsys):
         Image.new("RGB", (8, 8)).save(tmp_path / "data" / "cat" / f"{i}.png")
     assert cli.main(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "x.pkl")]) == 2
     assert "not a model name" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------ plots
-
-def test_plots_are_pngs_and_skip_missing_values(tmp_path):
-    p = line_plot(tmp_path / "l.png", {"a": ([1, 5, 16], [10, float("nan"), 30]),
-                                       "b": ([1, 5, 16], [5, 6, 7])}, "t", "x", "y")
-    assert is_png(p)
-    with Image.open(p) as img:
-        assert img.size == (800, 520) and len(img.getcolors(1 << 16)) > 3
-    assert is_png(bar_plot(tmp_path / "b.png", ["x", "y"], [1.5, -0.5], "t", "s"))
-    with pytest.raises(ValueError):
-        bar_plot(tmp_path / "c.png", ["x"], [1, 2])
-    ticks = nice_ticks(0.1, 99.7)
-    assert ticks[0] <= 0.1 and ticks[-1] >= 99.7 and ticks == [0, 20, 40, 60, 80, 100]

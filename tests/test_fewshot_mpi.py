@@ -84,7 +84,7 @@ def test_two_ranks_give_the_one_process_study(mpirun, study_inputs, tmp_path):
     f1, f2 = cached_features(one / "cache"), cached_features(two / "cache")
     assert len(f1) == 3 and f1 == f2          # train images, test images, prompts
     assert sorted(os.listdir(one / "run")) == sorted(os.listdir(two / "run")) == \
-        ["accuracy.png", "prompts", "results.csv", "run.json"]
+        ["accuracy.png", "accuracy.svg", "prompts", "results.csv", "run.json"]
     for name in sorted(os.listdir(one / "run" / "prompts")):
         assert (one / "run" / "prompts" / name).read_bytes() == (two / "run" / "prompts" / name).read_bytes()
     # only rank 0 prints the table and writes

@@ -1,5 +1,5 @@
 """What a user sees: progress bars (items/s; plain lines in a log), Jittor's own log
-lines hidden unless asked for, plot labels that keep their spaces."""
+lines hidden unless asked for (the plots: tests/test_plot.py)."""
 import fcntl
 import io
 import os
@@ -9,11 +9,8 @@ import subprocess
 import sys
 import termios
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
 
-from jclip import plot
 from jclip.progress import is_terminal, progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,50 +106,3 @@ def test_configure_sets_log_silent_unless_told_otherwise(monkeypatch):
         jittor_env._quieted.clear()
         jittor_env._quiet_jittor_logs()
         assert os.environ.get("log_silent") == expect
-
-
-# --------------------------------------------------------------------------
-# Plot text
-# --------------------------------------------------------------------------
-
-def _widest_gap(fnt, s):
-    """Widest run of background columns between the first and last inked column."""
-    img = Image.new("L", (200, 60), 255)
-    plot.draw_text(ImageDraw.Draw(img), (100, 30), s, fnt, "mm", 0)
-    ink = (np.asarray(img) < 128).any(axis=0)
-    cols = np.flatnonzero(ink)
-    inner = ink[cols[0]:cols[-1] + 1]
-    best = run = 0
-    for c in inner:
-        run = 0 if c else run + 1
-        best = max(best, run)
-    return best
-
-
-@pytest.mark.parametrize("files", [plot.FONT_FILES, ()], ids=["truetype", "bitmap-fallback"])
-def test_spaces_survive_in_plot_labels(files):
-    fnt = plot.font(files=files)
-    if files:
-        assert isinstance(fnt, ImageFont.FreeTypeFont) or not any(os.path.isfile(f) for f in files)
-    # the space between two glyphs is a visible gap, wider than between letters
-    assert _widest_gap(fnt, "a b") >= _widest_gap(fnt, "ab") + 2
-    assert _widest_gap(fnt, "ViT weight") >= _widest_gap(fnt, "ViTweight") + 2
-
-
-def test_pillow_default_font_loses_the_space():
-    # why plot.py does not use it: the 10 px scalable default draws "a b" like "ab"
-    fnt = ImageFont.load_default()
-    if not isinstance(fnt, ImageFont.FreeTypeFont):
-        pytest.skip("Pillow without FreeType: its default is the bitmap font")
-    assert _widest_gap(fnt, "ViT weight") < _widest_gap(fnt, "ViTweight") + 2
-
-
-def test_bitmap_fallback_draws_plots(tmp_path, monkeypatch):
-    real = plot.font
-    monkeypatch.setattr(plot, "font", lambda size=12, files=(): real(size, ()))
-    p = plot.heatmap_plot(tmp_path / "h.png", ["seen, not dog", "dog"], ["LP++", "dog head"],
-                          [[3, 97], [88, 12]], "Routing")
-    q = plot.line_plot(tmp_path / "l.png", {"ViT weight": ([0, 1], [1, 2])}, "t", "x", "y")
-    for path in (p, q):
-        with Image.open(path) as im:
-            assert im.format == "PNG" and im.size[0] > 100

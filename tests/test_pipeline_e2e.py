@@ -405,6 +405,7 @@ def test_report_and_sweep_plots_are_valid_pngs(validation):
                 assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
             with Image.open(folder / f) as im:
                 im.verify()
+            assert (folder / (f[:-4] + ".svg")).is_file()          # the SVG beside each PNG
         assert not [f for f in os.listdir(folder) if f.startswith(".tmp-")]
 
 

@@ -1,4 +1,4 @@
-"""A study's results: summary table, CSV, plot and run record (written atomically)."""
+"""A study's results: summary table, CSV, plot (PNG and SVG) and run record (written atomically)."""
 import csv
 import json
 import os
@@ -59,18 +59,30 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
     return path
 
 
-def write_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str = "Few-shot accuracy") -> str:
-    """PNG: mean top-1 (or H for base-to-new) against shots, one line per method."""
-    from ..plot import line_plot
+def accuracy_figure(rows: Sequence[Mapping[str, Any]], title: str = "Few-shot accuracy"):
+    """Mean top-1 (or H for base-to-new) against shots (log axis), one line
+    per method, error bars the standard deviation over seeds."""
+    from ..plot import line_figure
     summary = summarise(rows)
     metric = "H" if "H" in rows[0] else "top1"
-    series: Dict[str, Tuple[list, list]] = {}
+    series: Dict[str, Tuple[list, list, list]] = {}
     for (method, shots), vals in summary.items():
-        xs, ys = series.setdefault(LABELS[method], ([], []))
+        xs, ys, errs = series.setdefault(LABELS[method], ([], [], []))
+        mean, std = vals.get(metric, (float("nan"), float("nan")))
         xs.append(shots)
-        ys.append(vals[metric][0] if metric in vals else float("nan"))
+        ys.append(mean)
+        errs.append(std)
+    seeds = len({r["seed"] for r in rows})
     ylabel = "harmonic mean of base/new top-1 (%)" if metric == "H" else "top-1 accuracy (%)"
-    return line_plot(path, series, title, "shots per class", ylabel)
+    if seeds > 1:
+        ylabel += f", mean ± std over {seeds} seeds"
+    return line_figure(series, title, "shots per class (log scale)", ylabel, log_x=True)
+
+
+def write_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str = "Few-shot accuracy") -> str:
+    """``accuracy_figure`` as PNG at ``path`` and SVG beside it; returns path."""
+    from ..plot import save_figure
+    return save_figure(accuracy_figure(rows, title), path)
 
 
 def write_run_record(path: str, record: Mapping[str, Any]) -> str:

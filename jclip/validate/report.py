@@ -15,6 +15,7 @@ from typing import Dict, Optional
 from ..io import atomic_write_text
 from ..pipeline.backbones import step
 from .data import encode, read_lists
+from .plots import report_plots
 from .metrics import (accuracy, answered, argmax_accuracy, config_warnings, measure, per_class_rows,
                       routing_errors)
 from .simulation import Simulated, choose_holdout, held_out_names, params_of, trained_cascade
@@ -82,7 +83,6 @@ def prepare(cfg, holdout: Optional[int], seed: int, per_class_limit: Optional[in
 def report(cfg, out: str, holdout: Optional[int] = None, seed: int = 1,
            per_class_limit: Optional[int] = None, features: Optional[Dict[str, str]] = None) -> dict:
     """Measure both setups and write the report into ``out``; returns the summary."""
-    from ..plot import bar_plot, heatmap_plot, line_plot
     t0 = time.time()
     d, h, sim = prepare(cfg, holdout, seed, per_class_limit, features=features)
     p = params_of(cfg)
@@ -149,22 +149,7 @@ def report(cfg, out: str, holdout: Optional[int] = None, seed: int = 1,
                  for path, label, ids, st in zip(d.eval_paths, y, I, S)]
         atomic_write_text(os.path.join(out, "predictions.csv"),
                           csv_text(preds, ["setup", "path", "label", "stage", "top5"]))
-        doms = list(trained["per_domain"])
-        bar_plot(os.path.join(out, "accuracy_per_domain.png"),
-                 doms + ["held-out (sim.)"],
-                 [round(100 * trained["per_domain"][x]["top1"], 2) for x in doms]
-                 + [round(100 * (simulated["per_group"]["held-out"]["top1"] or 0.0), 2)],
-                 "Cascade top-1 per domain (trained) and on held-out classes (simulated)", "top-1 (%)")
-        tr, sm = trained["routing"], simulated["routing"]
-        heatmap_plot(os.path.join(out, "routing.png"),
-                     [f"trained: {r}" for r in tr["rows"]] + [f"simulated: {r}" for r in sm["rows"]],
-                     tr["cols"], tr["counts"] + sm["counts"], "Routing: true group vs stage that answered")
-        plots = ["accuracy_per_domain.png", "routing.png"]
-        if curves:
-            line_plot(os.path.join(out, "mixing_weight.png"),
-                      {n: ([w for w, _ in c], [100 * a for _, a in c]) for n, c in curves.items()},
-                      "Cascade top-1 vs backbone mixing weight", mix_label, "top-1 (%)")
-            plots.append("mixing_weight.png")
+        plots = report_plots(out, trained, simulated, curves, mix_label if curves else "")
         atomic_write_text(os.path.join(out, "report.md"), report_markdown(d, summary, rows, plots))
     write_json(os.path.join(out, "timings.json"), {"times_s": d.times, "total_s": round(time.time() - t0, 2)})
     print(f"trained cascade top-1 {pct(trained['overall']['top1'])}%, simulated "

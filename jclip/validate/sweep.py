@@ -18,6 +18,7 @@ from ..pipeline.backbones import step
 from ..pipeline.config import Config
 from ..progress import progress
 from .metrics import accuracy
+from .plots import sweep_plots
 from .report import csv_text, md_table, pct, prepare, write_json
 from .simulation import apply_params, held_out_names, params_of
 
@@ -31,7 +32,6 @@ def sweep(cfg, out: str, write: str, holdout: Optional[int] = None, seed: int = 
           per_class_limit: Optional[int] = None, features: Optional[Dict[str, str]] = None) -> dict:
     """Tune the cascade on the simulated setup; write ``out`` and the tuned
     configuration ``write``; returns the sweep's summary."""
-    from ..plot import bar_plot, line_plot
     t0 = time.time()
     grid = sweep_grid(cfg)
     p0 = params_of(cfg)
@@ -94,37 +94,7 @@ def sweep(cfg, out: str, write: str, holdout: Optional[int] = None, seed: int = 
                "retrain_needed": p["templates"] != p0["templates"] or p["lpp_epochs"] != p0["lpp_epochs"],
                "written": os.path.abspath(write)}
     write_json(os.path.join(out, "sweep.json"), summary)
-    plots = []
-    by_group = {}
-    for r in trials:
-        by_group.setdefault(r["step"], []).append(r)
-    mix_series = {}
-    for mix in ("inmap_mix", "lpp_mix"):
-        rs = by_group.get(mix, [])
-        if rs:
-            w = sorted({r[f"{mix}_w"]: r["top1"] for r in rs}.items())
-            mix_series[f"{'InMaP' if mix == 'inmap_mix' else 'LP++'} mix"] = (
-                [x for x, _ in w], [100 * y for _, y in w])
-    if mix_series:
-        first = list(p0["lpp_mix"])[0]
-        line_plot(os.path.join(out, "mixing_weight.png"), mix_series,
-                  "Simulated cascade top-1 vs mixing weight (sweep)",
-                  f"weight of {cfg.backbones[first].model}", "top-1 (%)")
-        plots.append("mixing_weight.png")
-    tmpl = {r["templates"]: r["top1"] for r in by_group.get("templates", [])}
-    if tmpl:
-        bar_plot(os.path.join(out, "templates.png"), list(tmpl), [round(100 * v, 2) for v in tmpl.values()],
-                 "Simulated cascade top-1 per template set", "top-1 (%)")
-        plots.append("templates.png")
-    inmap_rows = by_group.get("inmap", [])
-    if inmap_rows:
-        series = {}
-        for r in inmap_rows:
-            series.setdefault(f"tau_t {r['tau_t']:g}, tau_i {r['tau_i']:g}", {})[r["iters"]] = 100 * r["top1"]
-        line_plot(os.path.join(out, "inmap.png"),
-                  {n: (sorted(v), [v[i] for i in sorted(v)]) for n, v in series.items()},
-                  "Simulated cascade top-1 vs InMaP iterations", "iterations", "top-1 (%)")
-        plots.append("inmap.png")
+    plots = sweep_plots(out, trials, cfg.backbones[list(p0["lpp_mix"])[0]].model)
     atomic_write_text(os.path.join(out, "sweep.md"), sweep_markdown(summary, trials, plots, write))
     atomic_write_text(write, json.dumps(tuned, indent=1) + "\n")
     write_json(os.path.join(out, "timings.json"), {"times_s": d.times, "total_s": round(time.time() - t0, 2)})

@@ -70,7 +70,7 @@ class _Bar(tqdm):
 
 def progress(iterable: Optional[Iterable] = None, *, total: Optional[int] = None,
              desc: Optional[str] = None, unit: str = "img", enabled: bool = True,
-             leave: bool = True, unit_scale: bool = False,
+             leave: bool = True, unit_scale: bool = False, initial: int = 0,
              file: Optional[TextIO] = None) -> tqdm:
     """A progress bar over ``iterable`` or for ``total`` items updated by hand.
 
@@ -82,7 +82,8 @@ def progress(iterable: Optional[Iterable] = None, *, total: Optional[int] = None
             as items/s.
         enabled: False returns a silent bar (same API, prints nothing).
         leave: keep the final state on screen (or the final line in a log).
-        unit_scale: show 1.2k / 3.4M (for bytes).
+        unit_scale: show 1.2k / 3.4M (with ``unit="B"`` in steps of 1024).
+        initial: items already done (a resumed download's bytes).
         file: the stream (default stderr); plain lines when it is not a terminal.
     Returns:
         a ``tqdm`` object: iterate over it, or call ``update(n)`` with the number
@@ -91,7 +92,7 @@ def progress(iterable: Optional[Iterable] = None, *, total: Optional[int] = None
     stream = sys.stderr if file is None else file
     disable = not enabled or os.environ.get("JCLIP_PROGRESS", "1") == "0"
     kw = dict(total=total, desc=desc, unit=unit, leave=leave, unit_scale=unit_scale,
-              disable=disable)
+              unit_divisor=1024 if unit == "B" else 1000, initial=initial, disable=disable)
     if is_terminal(stream):
         return _Bar(iterable, file=stream, dynamic_ncols=True, **kw)
     try:

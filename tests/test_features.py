@@ -141,3 +141,27 @@ def test_damaged_cache_heals_itself(images, tmp_path, capsys, damage):
     # healed: the third run reads the rewritten entry silently
     run(images, enc, tmp_path / "c")
     assert len(enc.seen) == 14 and "corrupt" not in capsys.readouterr().err
+
+
+def _bar_lines(err, desc):
+    return [line for line in err.splitlines() if line.startswith(desc + ":")]
+
+
+def test_progress_bar_counts_images_and_prompts_not_batches(images, tmp_path, capsys, monkeypatch):
+    """7 images in batches of 3: the bar (plain lines, one per update here)
+    reads 3/7, 6/7, 7/7 in img/s, never 1/3 batches; prompts count prompts."""
+    monkeypatch.setenv("JCLIP_PROGRESS_INTERVAL", "0")      # a line per update, no 2 s delay
+    capsys.readouterr()
+    run(images, CountingEncoder(), tmp_path / "c", progress=True)
+    lines = _bar_lines(capsys.readouterr().err, "encoding images")
+    counts = [line.split("% ", 1)[1].split(" ", 1)[0] for line in lines]
+    assert counts[-1] == "7/7" and "3/7" in counts and "6/7" in counts, lines
+    assert all("/3 " not in line for line in lines) and "img/s" in lines[-1]
+    texts = [f"a photo of {i}." for i in range(5)]
+    encode_texts_cached(texts, lambda t: np.ones((len(t), 2)), "ViT-B/32", "40d3", tmp_path,
+                        batch_size=2, progress=True)
+    lines = _bar_lines(capsys.readouterr().err, "encoding prompts")
+    assert lines[-1].split("% ", 1)[1].startswith("5/5") and "prompt/s" in lines[-1], lines
+    monkeypatch.setenv("JCLIP_PROGRESS", "0")                # every bar off
+    run(images, CountingEncoder(), tmp_path / "d", progress=True)
+    assert capsys.readouterr().err == ""

@@ -239,6 +239,41 @@ def test_crossing_check_finds_a_planted_import(tmp_path):
     assert crossings(imports, (("pkg.w", "pkg.m"),)) == [os.path.join("pkg", "w", "r.py") + ":2 pkg.w.r -> pkg.m.x"]
 
 
+# Every bar goes through jclip.progress (JCLIP_PROGRESS=0, plain lines in a log).
+PROGRESS_MODULE = "jclip.progress"
+
+
+def tqdm_importers(package_dir, allowed):
+    """``path:line module`` for every ``import tqdm`` / ``from tqdm ... import``
+    (function-level ones too) in a module other than ``allowed``."""
+    root = os.path.dirname(os.path.abspath(package_dir))
+    found = []
+    for mod, path in module_files(package_dir).items():
+        if mod == allowed:
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "tqdm" or n.startswith("tqdm.") for n in names):
+                found.append(f"{os.path.relpath(path, root)}:{node.lineno} {mod}")
+    return found
+
+
+def test_only_jclip_progress_imports_tqdm():
+    assert PROGRESS_MODULE in module_files(PACKAGE)
+    assert not tqdm_importers(PACKAGE, PROGRESS_MODULE), "\n".join(tqdm_importers(PACKAGE, PROGRESS_MODULE))
+
+
+def test_tqdm_check_finds_a_planted_import(tmp_path):
+    pkg = _package(tmp_path, dict(CLEAN, **{"progress.py": "from tqdm import tqdm\n",
+                                            "sub/bar.py": "def f():\n    from tqdm.auto import tqdm\n",
+                                            "sub/plain.py": "import os, tqdm\n"}))
+    assert sorted(tqdm_importers(pkg, "pkg.progress")) == [
+        os.path.join("pkg", "sub", "bar.py") + ":2 pkg.sub.bar", os.path.join("pkg", "sub", "plain.py") + ":1 pkg.sub.plain"]
+
+
 TORCH_FREE = ["jclip", "jclip.data.lists", "jclip.data.images", "jclip.data.contest",
               "jclip.config_schema", "jclip.pipeline.config", "jclip.pipeline.budget", "jclip.catalog"]
 

@@ -25,9 +25,9 @@ import zipfile
 import zlib
 
 import numpy as np
-from tqdm import tqdm
 
 from ..io import atomic_save_npz
+from ..progress import progress as progress_bar
 
 FORMAT_VERSION = 2   # 2: entries carry a checksum
 
@@ -82,19 +82,21 @@ def _read(path, identity, items):
     return feats, stamps
 
 
-def _encode(items, encoder, batch_size, desc, progress):
-    """Encoder output for ``items`` in batches, checked and stacked."""
+def _encode(items, encoder, batch_size, desc, progress, unit):
+    """Encoder output for ``items`` in batches, checked and stacked; the bar
+    counts items (``unit``: "img" or "prompt"), not batches."""
     out = []
-    batches = range(0, len(items), batch_size)
-    for start in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        chunk = items[start:start + batch_size]
-        f = np.asarray(encoder(chunk))
-        if f.ndim != 2 or f.shape[0] != len(chunk):
-            raise ValueError(f"encoder returned shape {f.shape} for {len(chunk)} inputs")
-        if not np.isfinite(f).all():
-            raise ValueError(f"encoder returned NaN or infinite features for a batch "
-                             f"starting at {chunk[0]!r}")
-        out.append(f)
+    with progress_bar(total=len(items), desc=desc, unit=unit, enabled=progress) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            f = np.asarray(encoder(chunk))
+            if f.ndim != 2 or f.shape[0] != len(chunk):
+                raise ValueError(f"encoder returned shape {f.shape} for {len(chunk)} inputs")
+            if not np.isfinite(f).all():
+                raise ValueError(f"encoder returned NaN or infinite features for a batch "
+                                 f"starting at {chunk[0]!r}")
+            out.append(f)
+            bar.update(len(chunk))
     return np.concatenate(out)
 
 
@@ -110,14 +112,14 @@ def _cached(kind, items, keys, stamps, encoder, identity, cache_dir, batch_size,
         if stale.size == 0:
             return feats
         fresh = _encode([items[i] for i in stale], encoder, batch_size,
-                        f"re-encoding {stale.size} changed {kind}", progress)
+                        f"re-encoding {stale.size} changed {kind}", progress, "img")
         if fresh.shape[1] != feats.shape[1]:
             raise ValueError(f"encoder width {fresh.shape[1]} differs from the "
                              f"cached {feats.shape[1]} for {path}")
         feats = feats.copy()
         feats[stale] = fresh.astype(feats.dtype)
     else:
-        feats = _encode(items, encoder, batch_size, f"encoding {kind}", progress)
+        feats = _encode(items, encoder, batch_size, f"encoding {kind}", progress, "img")
     meta = json.dumps({"version": FORMAT_VERSION, "identity": identity, "items": keys,
                        "sha256": _checksum(feats, stamps)})
     atomic_save_npz(path, {"features": feats, "stamps": stamps, "meta": np.array(meta)})
@@ -177,7 +179,7 @@ def encode_texts_cached(texts, encoder, model_name, weights_sha256, cache_dir,
     where, feats = _read_texts(path, identity)
     missing = list(dict.fromkeys(t for t in texts if t not in where))
     if missing:
-        fresh = _encode(missing, encoder, int(batch_size), "encoding prompts", progress)
+        fresh = _encode(missing, encoder, int(batch_size), "encoding prompts", progress, "prompt")
         if feats is not None and fresh.shape[1] != feats.shape[1]:
             raise ValueError(f"encoder width {fresh.shape[1]} differs from the "
                              f"cached {feats.shape[1]} for {path}")

@@ -3,12 +3,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import jittor as jt
 import numpy as np
-from tqdm import tqdm
 
 from ..data.images import Preprocess, iter_batches
 from ..models.batching import run_in_slices
 from ..models.clip import CLIP, normalize
 from ..models.tokenizer import tokenize
+from ..progress import progress as progress_bar
 
 # prompts per text-encoder pass, and per chunk the prompt cache hands over
 TEXT_BATCH = 256
@@ -51,7 +51,7 @@ def encode_image_files(model: CLIP, paths: Sequence[str], preprocess: Preprocess
     """
     paths = list(paths)
     feats, ok, errors = [], [], []
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
+    bar = progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress)
     with jt.no_grad():
         for idx, batch, errs in iter_batches(paths, preprocess, batch_size, workers, strict):
             if len(idx):

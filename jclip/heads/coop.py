@@ -199,13 +199,14 @@ class CoOp(Head):
         out = np.empty((len(x), table.num_classes), np.float32)
         with jt.no_grad():
             p = self._vars()
-            starts = range(0, len(x), batch_size)
-            for s in progress_bar(starts, desc=f"{self.method} logits", unit="batch",
-                                  enabled=bool(self.progress)):
-                xb = jt.array(x[s:s + batch_size])
-                for img, cls in self._blocks(len(xb), table.num_classes):
-                    out[s + img[:, None], cls[None, :]] = self._block_logits(p, xb, img, cls, table).numpy()
-                jt.gc()
+            with progress_bar(total=len(x), desc=f"{self.method} logits", unit="img",
+                              enabled=bool(self.progress)) as bar:
+                for s in range(0, len(x), batch_size):
+                    xb = jt.array(x[s:s + batch_size])
+                    for img, cls in self._blocks(len(xb), table.num_classes):
+                        out[s + img[:, None], cls[None, :]] = self._block_logits(p, xb, img, cls, table).numpy()
+                    jt.gc()
+                    bar.update(len(xb))
         return out
 
     def predict_topk(self, features: np.ndarray, k: int = 5,

@@ -86,7 +86,7 @@ def download(url, dest, sha256=None, verify=None, progress=True,
 
 def _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, started):
     """download()'s body: the .part written, checked and renamed (see there)."""
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
 
     try:
         with removed_on_signal(part), open(part, "ab+") as f:
@@ -105,9 +105,8 @@ def _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, star
                 total = resp.headers.get("Content-Length")
                 total = have + int(total) if total and total.isdigit() else None
                 got = have
-                with tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                          unit_divisor=1024, disable=not progress,
-                          desc=os.path.basename(dest)) as bar:
+                with progress_bar(total=total, initial=have, unit="B", unit_scale=True,
+                                  enabled=progress, desc=os.path.basename(dest)) as bar:
                     while True:
                         try:
                             # read1: whatever arrived, so a trickle cannot

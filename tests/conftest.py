@@ -70,3 +70,25 @@ def mpirun():
         pytest.skip("OpenMPI is not installed (no mpirun/mpicc); `bash setup.sh --dev` installs it")
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
     return [exe, *root, "--oversubscribe", "-np", "2"]
+
+
+# -- test order -------------------------------------------------------------
+# `pytest tests --shuffle SEED` runs the collected tests in an order drawn
+# from SEED, to show that no test depends on another's leftovers (no plugin
+# needed; the seed is printed so a failing order can be replayed).
+
+def pytest_addoption(parser):
+    parser.addoption("--shuffle", type=int, default=None, metavar="SEED",
+                     help="run the tests in a random order drawn from SEED")
+
+
+def pytest_report_header(config):
+    seed = config.getoption("--shuffle")
+    return None if seed is None else f"test order shuffled with --shuffle {seed}"
+
+
+def pytest_collection_modifyitems(config, items):
+    seed = config.getoption("--shuffle")
+    if seed is not None:
+        import random
+        random.Random(seed).shuffle(items)

@@ -184,6 +184,7 @@ def heatmap_figure(row_labels, col_labels, counts, title="", xlabel="routed to",
     ax.set_xticks(np.arange(len(cols) + 1) - 0.5, minor=True)
     ax.set_yticks(np.arange(len(rows) + 1) - 0.5, minor=True)
     ax.grid(which="minor", color="white", linewidth=2)
+    ax.tick_params(which="minor", length=0)   # the minor ticks only place the cell borders
     for side in ax.spines.values():
         side.set_visible(False)
     fig.colorbar(image, ax=ax, label="share of the row", fraction=0.05)

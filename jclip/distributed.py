@@ -271,7 +271,9 @@ def same_threads() -> Optional[int]:
     return cpus
 
 
-def _exit_now(message: str, status: int) -> None:
+def end_run(message: str, status: int) -> None:
+    """Print ``error: rank R of N: <message>`` and end this process at once
+    with ``status`` (at least 1), so mpirun stops every rank."""
     print(f"error: {where()}: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     # no MPI_Finalize: mpirun sees a rank end abnormally and stops the others
@@ -293,11 +295,11 @@ def failures_end_the_run() -> Iterator[None]:
         if e.code in (None, 0):
             raise
         text = e.code if isinstance(e.code, str) else f"exit status {e.code}"
-        _exit_now(text[len("error: "):] if text.startswith("error: ") else text,
+        end_run(text[len("error: "):] if text.startswith("error: ") else text,
                   e.code if isinstance(e.code, int) else 1)
     except BaseException as e:    # noqa: B902  (KeyboardInterrupt too: stop every rank)
         traceback.print_exc()
-        _exit_now(f"{type(e).__name__}: {e}", 1)
+        end_run(f"{type(e).__name__}: {e}", 1)
 
 
 def quiet_others() -> None:

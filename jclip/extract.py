@@ -290,24 +290,33 @@ def load_features_for(folder: str, weights_sha256: str, preprocess_id: str, who:
     return f
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m jclip.extract", description=__doc__.split("\n\n")[0])
+def build_parser():
+    """The parser of ``python -m jclip.extract``."""
+    from .commands import CommandParser, device, positive_int
+    p = CommandParser(prog="python -m jclip.extract", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="CLIP name (ViT-B/32, RN101, ...) or weights file")
     p.add_argument("--images", required=True, help="a folder (searched recursively) or a list file")
     p.add_argument("--out", required=True, help="the features folder (resumed when it exists)")
-    p.add_argument("--shard-size", type=int, default=4096, help="images per shard (default 4096)")
+    p.add_argument("--shard-size", type=positive_int, default=4096, help="images per shard (default 4096)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="on-disk dtype (default float32)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: CUDA when available")
-    a = p.parse_args(argv)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=positive_int, default=None, help="decoding threads")
+    p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: CUDA when available)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``python -m jclip.extract``; returns the exit status (jclip.commands)."""
+    from .commands import UsageError, run
     distributed.start()
-    with distributed.failures_end_the_run():
-        try:
-            extract(a.model, a.images, a.out, a.shard_size, a.dtype, a.batch_size, a.workers, a.device)
-        except (ValueError, OSError) as e:
-            sys.exit(f"error: {e}")
+
+    def work() -> None:
+        a = build_parser().parse_args(argv)
+        if not os.path.exists(a.images):
+            raise UsageError(f"--images {a.images}: no such folder or list file")
+        extract(a.model, a.images, a.out, a.shard_size, a.dtype, a.batch_size, a.workers, a.device)
+    return run(work)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,7 @@ test split, and seeded nested shots with a validation split.
   ``--class-names``).
 """
 import os
+import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..data.images import IMAGE_EXTS
 from ..data.lists import ListFormatError, read_labelled_list, read_lines, resolve
+from ..heads.templates import class_key
 
 
 class DatasetError(ValueError):
@@ -42,7 +44,8 @@ def read_folder(root: str) -> Tuple[List[str], List[str]]:
     """(paths, class name per path) from ``root/<class>/<image>``.
 
     Raises DatasetError for a missing folder, no class folders, or a class
-    folder without images.
+    folder without images.  An image name that is not a readable file (a
+    symlink loop, a dangling link, a folder) is reported and left out.
     """
     if not os.path.isdir(root):
         raise DatasetError(f"{root}: not a folder")
@@ -51,10 +54,18 @@ def read_folder(root: str) -> Tuple[List[str], List[str]]:
                      and not d.startswith("."))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
-    empty = []
+    empty, skipped = [], 0
     for c in classes:
-        files = sorted(f for f in os.listdir(os.path.join(root, c))
-                       if f.lower().endswith(IMAGE_EXTS) and not f.startswith("."))
+        files = []
+        for f in sorted(os.listdir(os.path.join(root, c))):
+            if not f.lower().endswith(IMAGE_EXTS) or f.startswith("."):
+                continue
+            if os.path.isfile(os.path.join(root, c, f)):
+                files.append(f)
+            else:       # isfile follows links: a loop or a dangling link is not one
+                print(f"warning: {os.path.join(root, c, f)}: unreadable image (not a file: "
+                      f"{_why_not_a_file(os.path.join(root, c, f))}); skipped", file=sys.stderr)
+                skipped += 1
         if not files:
             empty.append(c)
         paths += [os.path.join(root, c, f) for f in files]
@@ -62,7 +73,17 @@ def read_folder(root: str) -> Tuple[List[str], List[str]]:
     if empty:
         raise DatasetError(f"{root}: class folder(s) without images "
                            f"({', '.join(IMAGE_EXTS)}): {', '.join(empty[:5])}")
+    if skipped:
+        print(f"{root}: {skipped} unreadable image(s) skipped", file=sys.stderr)
     return paths, names
+
+
+def _why_not_a_file(path: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return "a folder" if os.path.isdir(path) else "not a regular file"
 
 
 def read_list(path: str) -> Tuple[List[str], List[str]]:
@@ -171,6 +192,13 @@ def load_dataset(data: Optional[str] = None, train: Optional[str] = None, test: 
     return Dataset(names, train_paths, y[:n], test_paths, y[n:])
 
 
+def check_classes_for(what: str, class_names: Sequence[str], at_least: int) -> None:
+    """DatasetError unless there are ``at_least`` classes for ``what``."""
+    if len(class_names) < at_least:
+        raise DatasetError(f"{what} needs at least {at_least} classes; the dataset has "
+                           f"{len(class_names)} ({', '.join(class_names[:5])})")
+
+
 def sample_shots(labels: np.ndarray, shots: int, seed: int, val_per_class: int = 4
                  ) -> Tuple[np.ndarray, np.ndarray]:
     """(shot indices, validation indices): per class, the first ``shots`` of a
@@ -238,13 +266,16 @@ def load_class_splits(train: str, test: str, val: Optional[str] = None) -> Class
 
     Raises DatasetError naming the split when a class name appears in two
     splits (a test class must never be seen in training) or a split is bad.
+    Names are compared as the text encoder sees them (``class_key``:
+    'Golden_Retriever' and 'golden retriever' are one class).
     """
     splits = {"train": read_split(train), "test": read_split(test)}
     if val is not None:
         splits["val"] = read_split(val)
     for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
         if a in splits and b in splits:
-            shared = sorted(set(splits[a].class_names) & set(splits[b].class_names))
+            keys = {class_key(c) for c in splits[b].class_names}
+            shared = sorted(c for c in splits[a].class_names if class_key(c) in keys)
             if shared:
                 raise DatasetError(f"{splits[a].source}: class(es) {', '.join(shared[:5])} are also "
                                    f"{b} classes ({splits[b].source}); the splits must be class-disjoint")

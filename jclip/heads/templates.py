@@ -45,6 +45,14 @@ def clean_class_name(raw: str) -> str:
     return re.sub(r"\s+", " ", name.replace("_", " ")).strip()
 
 
+def class_key(raw: str) -> str:
+    """A class name as the text encoder tells it apart from others: cleaned
+    (``clean_class_name``), case-folded, with ``_``, ``-`` and spaces alike.
+    'Golden_Retriever', 'golden retriever' and 'Thu-dog_Golden-Retriever' have
+    one key; class lists that must be disjoint compare keys."""
+    return " ".join(re.split(r"[\s_-]+", clean_class_name(raw).casefold())).strip()
+
+
 def get_templates(templates: Union[str, Sequence[str]]) -> List[str]:
     """A template set by name ('single', 'imagenet7', 'imagenet80') or a list."""
     if isinstance(templates, str):

@@ -2,23 +2,29 @@
 
     python -m jclip.pipeline train [--config FILE] [--set lpp.epochs=50 ...]
     python -m jclip.pipeline test  [--images DIR] [--classes classes_b.txt] [--result result.txt]
+                                   [--features KEY=DIR ...]
 
-Exit status: 0 done; 2 a bad configuration (one line naming the file and key);
-1 any other error (one line).  ``mpirun -np N bash test.sh ...`` shares the
-encoding over N ranks (``jclip.distributed``); the files are the same.
+Everything is checked before any work: the options, the whole configuration,
+the class lists, the device (``cuda`` where there is none is refused) and the
+``--features`` keys (each a backbone of the configuration).  Exit status
+(``jclip.commands``): 0 done; 2 a usage error or a bad configuration (one line
+naming the file and key); 1 the work failed (one line).  ``mpirun -np N bash
+test.sh ...`` shares the encoding over N ranks (``jclip.distributed``); the
+files are the same.
 """
 import argparse
-import sys
 from typing import Dict, List, Optional
 
 from .. import distributed
-from ..data.contest import ContestFormatError
-from .config import load_for_command
+from ..commands import (CommandParser, UsageError, check_device, check_keys, existing_dir, existing_file,
+                        key_values, run)
+from .config import Config, check_class_lists, load_config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config and --set, as every pipeline command takes them."""
-    parser.add_argument("--config", default=None, help="configuration JSON (default: the shipped one)")
+    parser.add_argument("--config", default=None, type=existing_file,
+                        help="configuration JSON (default: the shipped one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set lpp.epochs=100 (repeatable)")
 
@@ -30,49 +36,58 @@ def add_features_argument(parser: argparse.ArgumentParser) -> None:
                              "(e.g. vit=out/features_vit) instead of encoding (repeatable)")
 
 
-def features_of(args: argparse.Namespace) -> Dict[str, str]:
-    """{backbone key: folder} of --features; exits 2 on a malformed value."""
-    out = {}
-    for item in args.features:
-        key, sep, folder = item.partition("=")
-        if not sep or not key or not folder:
-            sys.exit(f"error: --features {item!r}: expected KEY=DIR (e.g. vit=out/features_vit)")
-        out[key] = folder
-    return out
+def checked_config(args: argparse.Namespace) -> Config:
+    """The configuration of ``--config``/``--set``, checked before any work:
+    the file, the class lists, the device and the ``--features`` keys.
+    Raises ConfigError / UsageError (exit status 2 through ``commands.run``)."""
+    cfg = load_config(args.config, args.set)
+    check_class_lists(cfg)
+    check_device(cfg.device, f"{cfg.path}: device")
+    features_of(args, cfg)
+    return cfg
 
 
-def run(command, args: argparse.Namespace) -> None:
-    """Load the configuration, run ``command(cfg)`` and turn errors into one line
-    and an exit status (2: the configuration, 1: anything else).  Under mpirun
-    the line names the rank, and a failing rank stops every rank."""
-    distributed.start()
-    with distributed.failures_end_the_run():
-        cfg = load_for_command(args.config, args.set)
+def features_of(args: argparse.Namespace, cfg: Config) -> Dict[str, str]:
+    """{backbone key: folder} of --features: each KEY a backbone the
+    configuration uses, each DIR an existing folder (UsageError otherwise)."""
+    given = key_values(getattr(args, "features", []), "--features", "vit=out/features_vit")
+    used = sorted(set(cfg.cascade.inmap_mix) | set(cfg.cascade.lpp_mix))
+    check_keys(given, used, "--features", f"{cfg.path} (cascade.inmap_mix / cascade.lpp_mix)")
+    for key, folder in given.items():
         try:
-            command(cfg)
-        except (ContestFormatError, ValueError, OSError) as e:
-            sys.exit(f"error: {e}")
+            existing_dir(folder)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--features {key}={folder}: {e}") from None
+    return given
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    from .test import test
-    from .train import train
-    p = argparse.ArgumentParser(prog="python -m jclip.pipeline", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m jclip.pipeline`` (train.sh, test.sh)."""
+    p = CommandParser(prog="python -m jclip.pipeline", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("train", "test"):
         s = sub.add_parser(name)
         add_config_arguments(s)
         if name == "test":
-            s.add_argument("--images", help="test folder (default DATA_ROOT/TestSetB)")
-            s.add_argument("--classes", help="class list (default DATA_ROOT/classes_b.txt)")
+            s.add_argument("--images", type=existing_dir, help="test folder (default DATA_ROOT/TestSetB)")
+            s.add_argument("--classes", type=existing_file, help="class list (default DATA_ROOT/classes_b.txt)")
             s.add_argument("--result", default="result.txt", help="output file")
             add_features_argument(s)
-    a = p.parse_args(argv)
-    if a.cmd == "train":
-        run(train, a)
-    else:
-        run(lambda cfg: test(cfg, a.images, a.classes, a.result, features_of(a)), a)
+    return p
 
 
-if __name__ == "__main__":
-    main()
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run train or test; returns the exit status.  Under mpirun a failing
+    rank's line names the rank, and it stops every rank."""
+    distributed.start()
+
+    def work() -> None:
+        a = build_parser().parse_args(argv)
+        cfg = checked_config(a)
+        if a.cmd == "train":
+            from .train import train
+            train(cfg)
+        else:
+            from .test import test
+            test(cfg, a.images, a.classes, a.result, features_of(a, cfg))
+    return run(work)

@@ -49,6 +49,7 @@ TEMPLATE_SETS = template_set_names()
 DEVICES = ("cpu", "cuda")
 DOG_HEAD_MODES = ("fast", "full")
 LIMIT_ON = ("loaded", "by-use", "by-calls", "both", "all")
+SEED_MAX = 2 ** 32 - 1      # numpy's seeds: whole numbers in [0, 2**32 - 1]
 
 
 # --------------------------------------------------------------------------
@@ -63,7 +64,7 @@ class DataSection:
     test_classes: str
     lists: str
     test_images: str
-    seed: int
+    seed: int = setting(min=0, max=SEED_MAX)
     shots: int = setting(min=1)
     val_per_class: int = setting(min=0)
 
@@ -88,7 +89,7 @@ class LPPSection:
     alpha_every: int = setting(min=1)
     alpha_scale: float = setting(gt=0)
     val_per_class: int = setting(min=0)
-    seed: int
+    seed: int = setting(min=0, max=SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class DogHeadSection:
     batch_size: int = setting(min=1)
     lr: Optional[float] = setting(gt=0)
     size: int = setting(min=1)
-    seed: int
+    seed: int = setting(min=0, max=SEED_MAX)
     val_per_class: int = setting(min=0)
 
 
@@ -323,11 +324,37 @@ def _check_class_lists(cfg: Config) -> None:
         n = _count_classes(cfg, test_classes, "data.test_classes")
         if casc.unseen_from > n:
             _fail(cfg, "cascade.unseen_from", f"{casc.unseen_from} is beyond the {n} classes of {test_classes}")
+        if os.path.isfile(classes):
+            _check_unseen_are_new(cfg, classes, test_classes)
+
+
+def _class_names(cfg: Config, path: str, key: str):
+    from ..data.lists import ListFormatError, read_classes
+    try:
+        return read_classes(path)
+    except ListFormatError as e:
+        _fail(cfg, key, str(e))
 
 
 def _count_classes(cfg: Config, path: str, key: str) -> int:
-    from ..data.lists import ListFormatError, read_classes
-    try:
-        return len(read_classes(path))
-    except ListFormatError as e:
-        _fail(cfg, key, str(e))
+    return len(_class_names(cfg, path, key))
+
+
+def _check_unseen_are_new(cfg: Config, classes: str, test_classes: str) -> None:
+    """The unseen test classes (ids from cascade.unseen_from) are none of the
+    training classes and none twice, compared as the text encoder sees the
+    names (``heads.templates.class_key``: 'Golden_Retriever' is 'golden retriever')."""
+    from ..heads.templates import class_key
+    seen = {class_key(c): c for c in _class_names(cfg, classes, "data.classes")}
+    unseen = _class_names(cfg, test_classes, "data.test_classes")[cfg.cascade.unseen_from:]
+    first = {}
+    for name in unseen:
+        key = class_key(name)
+        if key in seen:
+            _fail(cfg, "data.test_classes", f"{test_classes}: unseen class {name!r} is the training class "
+                                            f"{seen[key]!r} of {classes} (names compared as the prompts "
+                                            "see them: case, '_', '-' and spaces ignored)")
+        if key in first:
+            _fail(cfg, "data.test_classes", f"{test_classes}: unseen classes {first[key]!r} and {name!r} "
+                                            "are one class to the prompts (case, '_', '-' and spaces ignored)")
+        first[key] = name

@@ -1,3 +1,6 @@
+"""python -m jclip.validate: see cli.py."""
+import sys
+
 from .cli import main
 
-main()
+sys.exit(main())

@@ -12,42 +12,50 @@ seen classes held out as unseen.  The sweep scores candidate settings on the
 simulated setup and writes the best configuration for train.sh/test.sh.
 Every number is a pure function of the configuration, the lists and the seed:
 a re-run writes the same files (times go to ``timings.json`` only).
-Exit status: 0 done; 2 a bad configuration; 1 any other error.
+Everything is checked before any work, as for train.sh and test.sh
+(``jclip.pipeline.cli.checked_config``).  Exit status (``jclip.commands``):
+0 done; 2 a usage error or a bad configuration; 1 the work failed.
 """
 import argparse
 import os
 from typing import List, Optional
 
-from ..pipeline.cli import add_config_arguments, add_features_argument, features_of, run
+from .. import distributed
+from ..commands import CommandParser, positive_int, run, seed
+from ..pipeline.cli import add_config_arguments, add_features_argument, checked_config, features_of
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    from .report import report
-    from .sweep import sweep
-    p = argparse.ArgumentParser(prog="python -m jclip.validate", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m jclip.validate`` (val.sh)."""
+    p = CommandParser(prog="python -m jclip.validate", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, default_out in (("report", "val_report"), ("sweep", "val_sweep")):
         s = sub.add_parser(name)
         add_config_arguments(s)
         s.add_argument("--out", help=f"output folder (default OUT_DIR/{default_out})")
-        s.add_argument("--seed", type=int, default=1, help="seed of the held-out (simulated unseen) classes")
-        s.add_argument("--holdout", type=int, help="classes held out as unseen (default: as many as "
+        s.add_argument("--seed", type=seed, default=1, help="seed of the held-out (simulated unseen) classes")
+        s.add_argument("--holdout", type=positive_int, help="classes held out as unseen (default: as many as "
                        "the test set's unseen classes, at most half the non-dog classes)")
-        s.add_argument("--per-class", type=int, help="at most this many validation images per class")
+        s.add_argument("--per-class", type=positive_int, help="at most this many validation images per class")
         add_features_argument(s)
         if name == "sweep":
             s.add_argument("--write", help="tuned configuration to write (default OUT_DIR/tuned.json)")
-    a = p.parse_args(argv)
+    return p
 
-    def command(cfg):
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the report or the sweep; returns the exit status."""
+    distributed.start()
+
+    def work() -> None:
+        a = build_parser().parse_args(argv)
+        cfg = checked_config(a)
         out = a.out or os.path.join(cfg.out_dir, "val_report" if a.cmd == "report" else "val_sweep")
         if a.cmd == "report":
-            report(cfg, out, a.holdout, a.seed, a.per_class, features_of(a))
+            from .report import report
+            report(cfg, out, a.holdout, a.seed, a.per_class, features_of(a, cfg))
         else:
+            from .sweep import sweep
             sweep(cfg, out, a.write or os.path.join(cfg.out_dir, "tuned.json"),
-                  a.holdout, a.seed, a.per_class, features_of(a))
-    run(command, a)
-
-
-if __name__ == "__main__":
-    main()
+                  a.holdout, a.seed, a.per_class, features_of(a, cfg))
+    return run(work)

@@ -32,6 +32,7 @@ import difflib
 import json
 import math
 import numbers
+import re
 import typing
 from dataclasses import field
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Set, Tuple
@@ -89,16 +90,37 @@ def _no_duplicates(path):
     return hook
 
 
+MAX_CONFIG_CHARS, MAX_CONFIG_DEPTH = 16 << 20, 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of [ and { (strings skipped), without numpy."""
+    depth = deepest = 0
+    for ch in _JSON_STRING.sub('""', text):
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def read_json(path: str) -> Dict[str, Any]:
     """The JSON object in ``path`` (UTF-8, BOM allowed); ConfigError when it
     cannot be read, is not JSON, repeats a key or is not an object."""
     try:
         with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
+            text = f.read(MAX_CONFIG_CHARS + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read configuration ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_CHARS} characters; not a configuration")
+    depth = _depth(text)
+    if depth > MAX_CONFIG_DEPTH:   # checked before the parser recurses
+        raise ConfigError(f"{path}: JSON nested {depth} deep (at most {MAX_CONFIG_DEPTH})")
     try:
         raw = json.loads(text, object_pairs_hook=_no_duplicates(path))
     except json.JSONDecodeError as e:

@@ -40,16 +40,30 @@ import numpy as np
 
 from . import distributed
 from .data.lists import ListFormatError, read_lines, resolve
-from .io import atomic_open, atomic_write_text, sha256_file
+from .file_schema import Array, DictOf, FileFormatError, Int, Record, Sha256, Str, read_json, read_npy
+from .io import WriteCheckError, atomic_open, atomic_write_text, fsync_dir, sha256_file
 from .progress import progress
 
 VERSION = 1
 INDEX, PATHS = "index.json", "paths.txt"
 DTYPES = ("float32", "float16")
 
+# the schemas of the folder's files (docs/security.md); a shard's array is
+# (count, dim) of the index's dtype, its SHA-256 the one its record holds
+INDEX_SCHEMA = Record({
+    "version": Int(VERSION, VERSION), "model": Str(), "weights_sha256": Sha256(),
+    "preprocess_id": Str(), "dtype": Str(DTYPES), "dim": Int(1, 1 << 16),
+    "shard_size": Int(1, 1 << 30), "images": Int(1, 1 << 40), "paths_sha256": Sha256()})
+SHARD_SCHEMA = Record({"first": Int(0), "count": Int(1, 1 << 30), "sha256": Sha256(),
+                       "unreadable": DictOf(Str(max_len=4096), key=Str(max_len=4096))})
+
 
 class FeaturesError(ValueError):
     """A features folder that is not what was asked for (or not complete)."""
+
+
+class DamagedFeaturesError(FeaturesError, FileFormatError):
+    """A file of a features folder that breaks its schema (names the file and key)."""
 
 
 def list_images(source: str) -> List[str]:
@@ -91,16 +105,59 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
-def _shard_done(folder: str, i: int, first: int, count: int) -> bool:
-    """True when shard i's record and array are complete and agree."""
+def read_index(folder: str) -> Dict:
+    """The folder's index.json, checked against INDEX_SCHEMA (FileFormatError)."""
+    return read_json(os.path.join(folder, INDEX), INDEX_SCHEMA, max_bytes=1 << 20)
+
+
+def read_paths(folder: str, index: Dict) -> List[str]:
+    """paths.txt: the bytes index.json's paths_sha256 names, one path a line,
+    as many lines as it counts (FileFormatError otherwise)."""
+    path = os.path.join(folder, PATHS)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(index["images"] * 8192 + 1)   # far beyond any honest path list
+    except OSError as e:
+        raise FileFormatError(path, "", f"cannot read ({e.strerror or e})") from None
+    if hashlib.sha256(data).hexdigest() != index["paths_sha256"]:
+        raise FileFormatError(path, "", f"does not match {INDEX} (paths_sha256 differs)")
+    try:
+        paths = data.decode("utf-8").split("\n")[:-1]
+    except UnicodeDecodeError as e:
+        raise FileFormatError(path, "", f"not UTF-8 text (byte {e.start})") from None
+    if len(paths) != index["images"]:
+        raise FileFormatError(path, "", f"{len(paths)} paths, {INDEX} counts {index['images']}")
+    return paths
+
+
+def read_shard(folder: str, i: int, first: int, count: int, index: Dict) -> np.ndarray:
+    """Shard i's array, after its record (SHARD_SCHEMA, rows ``first`` ..
+    ``first + count``) and the array's SHA-256 and header (count, dim) of the
+    index's dtype are checked.  FileFormatError names the file and key."""
     rec_path = os.path.join(folder, shard_name(i) + ".json")
     npy = os.path.join(folder, shard_name(i) + ".npy")
+    rec = read_json(rec_path, SHARD_SCHEMA, max_bytes=64 << 20)
+    for key, want in (("first", first), ("count", count)):
+        if rec[key] != want:
+            raise FileFormatError(rec_path, key, f"{rec[key]}, expected {want} (from {INDEX})")
     try:
-        with open(rec_path, encoding="utf-8") as f:
-            rec = json.load(f)
-        return (rec.get("first"), rec.get("count")) == (first, count) and \
-            os.path.isfile(npy) and sha256_file(npy) == rec.get("sha256")
-    except (OSError, ValueError, AttributeError):
+        digest = sha256_file(npy)
+    except OSError as e:
+        raise FileFormatError(npy, "", f"missing or incomplete ({e.strerror or e}); "
+                                       "run jclip.extract again to finish it") from None
+    if digest != rec["sha256"]:
+        raise FileFormatError(npy, "", f"missing or incomplete (SHA-256 differs from the sha256 "
+                                       f"{os.path.basename(rec_path)} records); run jclip.extract again")
+    return read_npy(npy, Array((index["dtype"],), ("count", "dim")),
+                    bind={"count": count, "dim": index["dim"]})
+
+
+def _shard_done(folder: str, i: int, first: int, count: int, index: Dict) -> bool:
+    """True when shard i's record and array are complete and agree."""
+    try:
+        read_shard(folder, i, first, count, index)
+        return True
+    except FileFormatError:
         return False
 
 
@@ -109,10 +166,9 @@ def _prepare(folder: str, index: Dict, paths_text: str) -> None:
     path = os.path.join(folder, INDEX)
     if os.path.isfile(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, ValueError) as e:
-            raise FeaturesError(f"{path}: unreadable index ({e}); remove the folder or use another --out")
+            old = read_index(folder)
+        except FileFormatError as e:
+            raise FeaturesError(f"{e}; remove the folder or use another --out") from None
         differs = [k for k in index if old.get(k) != index[k]]
         if differs:
             raise FeaturesError(f"{folder}: holds other features ({', '.join(differs)} differ: "
@@ -123,17 +179,32 @@ def _prepare(folder: str, index: Dict, paths_text: str) -> None:
             sha256_file(os.path.join(folder, PATHS)) != index["paths_sha256"]:
         atomic_write_text(os.path.join(folder, PATHS), paths_text)
     if not os.path.isfile(path):
-        atomic_write_text(path, json.dumps(index, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(index, indent=1) + "\n",
+                          check=lambda tmp: read_json(tmp, INDEX_SCHEMA))
 
 
 def _write_shard(folder: str, i: int, first: int, feats: np.ndarray, unreadable: Dict[str, str]) -> None:
-    """The shard's array, then its record (with the array's SHA-256), each atomically."""
+    """The shard's array (durably written, read back and compared), then its
+    record with the SHA-256 of the bytes verified: a record never vouches for
+    an array that did not reach the disk whole."""
     npy = os.path.join(folder, shard_name(i) + ".npy")
-    with atomic_open(npy) as f:
-        np.save(f, feats, allow_pickle=False)
-    rec = {"first": first, "count": int(feats.shape[0]), "sha256": sha256_file(npy),
+    rec_path = os.path.join(folder, shard_name(i) + ".json")
+    if os.path.exists(rec_path):        # an old record must not outlive the array it describes
+        os.remove(rec_path)
+        fsync_dir(folder)
+    want, digest = np.ascontiguousarray(feats), []
+
+    def verify(tmp):
+        got = read_npy(tmp, Array((want.dtype.name,), want.shape))
+        if not np.array_equal(got, want, equal_nan=True):
+            raise WriteCheckError(f"{npy}: the array read back differs from what was written")
+        digest.append(sha256_file(tmp))
+    with atomic_open(npy, check=verify) as f:
+        np.save(f, want, allow_pickle=False)
+    rec = {"first": first, "count": int(want.shape[0]), "sha256": digest[0],
            "unreadable": dict(sorted(unreadable.items()))}
-    atomic_write_text(os.path.join(folder, shard_name(i) + ".json"), json.dumps(rec, indent=1) + "\n")
+    atomic_write_text(rec_path, json.dumps(rec, indent=1) + "\n",
+                      check=lambda tmp: read_json(tmp, SHARD_SCHEMA))
 
 
 def extract(model_name: str, images: str, out: str, shard_size: int = 4096, dtype: str = "float32",
@@ -169,7 +240,7 @@ def extract(model_name: str, images: str, out: str, shard_size: int = 4096, dtyp
     todo = None
     if distributed.is_root():
         _prepare(out, index, text)
-        todo = [i for i, a, b in spans if not _shard_done(out, i, a, b - a)]
+        todo = [i for i, a, b in spans if not _shard_done(out, i, a, b - a, index)]
     todo = distributed.broadcast_object(todo)
     mine = todo[distributed.shard(len(todo))]
     rounds = -(-len(todo) // distributed.world_size())
@@ -248,32 +319,25 @@ def load_features(folder: str, model: Optional[str] = None) -> Features:
     Raises FeaturesError naming the folder or shard that is missing, corrupt
     or of another model.
     """
+    if not os.path.isfile(os.path.join(folder, INDEX)) or not os.path.isfile(os.path.join(folder, PATHS)):
+        raise FeaturesError(f"{folder}: not a features folder of jclip.extract (no {INDEX} and {PATHS})")
     try:
-        with open(os.path.join(folder, INDEX), encoding="utf-8") as f:
-            index = json.load(f)
-        with open(os.path.join(folder, PATHS), encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, ValueError) as e:
-        raise FeaturesError(f"{folder}: not a features folder of jclip.extract ({e})") from None
-    if index.get("version") != VERSION:
-        raise FeaturesError(f"{folder}: features format {index.get('version')!r}, expected {VERSION}")
-    if model is not None and index.get("model") != model:
-        raise FeaturesError(f"{folder}: features of {index.get('model')!r}, not {model!r}")
-    if hashlib.sha256(text.encode()).hexdigest() != index.get("paths_sha256"):
-        raise FeaturesError(f"{os.path.join(folder, PATHS)}: does not match {INDEX}")
-    paths = text.splitlines()
-    size = int(index["shard_size"])
-    parts = []
-    for i in range(-(-len(paths) // size)):
-        a, b = i * size, min(len(paths), (i + 1) * size)
-        if not _shard_done(folder, i, a, b - a):
-            raise FeaturesError(f"{os.path.join(folder, shard_name(i))}.npy: missing or incomplete; "
-                                "run jclip.extract again to finish it")
-        arr = np.load(os.path.join(folder, shard_name(i) + ".npy"), allow_pickle=False)
-        if arr.shape != (b - a, index["dim"]) or arr.dtype != np.dtype(index["dtype"]):
-            raise FeaturesError(f"{os.path.join(folder, shard_name(i))}.npy: shape {arr.shape} "
-                                f"{arr.dtype}, expected {(b - a, index['dim'])} {index['dtype']}")
-        parts.append(arr.astype(np.float32))
+        index = read_index(folder)
+        if model is not None and index["model"] != model:
+            raise FeaturesError(f"{folder}: features of {index['model']!r}, not {model!r}")
+        paths = read_paths(folder, index)
+        size = index["shard_size"]
+        parts = []
+        for i in range(-(-len(paths) // size)):
+            a, b = i * size, min(len(paths), (i + 1) * size)
+            base = os.path.join(folder, shard_name(i))
+            if not os.path.isfile(base + ".json") or not os.path.isfile(base + ".npy"):
+                raise FeaturesError(f"{base}.npy: missing or incomplete; run jclip.extract again to finish it")
+            parts.append(read_shard(folder, i, a, b - a, index).astype(np.float32))
+    except DamagedFeaturesError:
+        raise
+    except FileFormatError as e:
+        raise DamagedFeaturesError(e.path, e.key, e.problem) from None
     feats = np.concatenate(parts)
     return Features(paths, feats, np.linalg.norm(feats, axis=1) > 0.5, index)
 
@@ -284,9 +348,9 @@ def load_features_for(folder: str, weights_sha256: str, preprocess_id: str, who:
     (``who`` names the model in the message)."""
     f = load_features(folder)
     for what, want in (("weights_sha256", weights_sha256), ("preprocess_id", preprocess_id)):
-        if f.index.get(what) != want:
+        if f.index[what] != want:
             raise FeaturesError(f"{folder}: features of other {what.split('_')[0]} than "
-                                f"{who} ({str(f.index.get(what))[:16]} vs {want[:16]})")
+                                f"{who} ({str(f.index[what])[:16]} vs {want[:16]})")
     return f
 
 

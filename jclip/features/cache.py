@@ -21,15 +21,41 @@ import json
 import os
 import re
 import sys
-import zipfile
-import zlib
 
 import numpy as np
 
+from ..file_schema import (Array, FileFormatError, Int, ListOf, Record, Sha256, Str, check_arrays,
+                           check_value, loads_bounded, read_npz)
 from ..io import atomic_save_npz
 from ..progress import progress as progress_bar
 
 FORMAT_VERSION = 2   # 2: entries carry a checksum
+
+# the schemas of a cache file (docs/security.md): an image cache holds
+# features (N, D), stamps (N, 2) and meta (its items the N paths); a prompt
+# store features (N, D) and meta (its items the N prompts)
+_IDENTITY = Record({"model_name": Str(), "weights_sha256": Str(), "preprocess_id": Str()})
+META_SCHEMA = Record({"version": Int(FORMAT_VERSION, FORMAT_VERSION), "identity": _IDENTITY,
+                      "items": ListOf(Str()), "sha256": Sha256()})
+IMAGE_ARRAYS = {"features": Array("f", ("N", "D")), "stamps": Array(("int64",), ("N", 2)),
+                "meta": Array("U", ())}
+PROMPT_ARRAYS = {"features": Array("f", ("N", "D")), "meta": Array("U", ())}
+
+
+def read_entry(path, arrays_schema):
+    """(meta, arrays) of a cache file, checked against its schema (the npz
+    headers against the bytes held, meta JSON bounded, every array's dtype and
+    shape, N = len(items)); None for a file of an older layout.  Raises
+    FileFormatError naming the file and key."""
+    arrays = read_npz(path)
+    if "meta" not in arrays or arrays["meta"].dtype.kind != "U" or arrays["meta"].shape != ():
+        raise FileFormatError(path, "meta", "missing or not a text array")
+    meta = loads_bounded(str(arrays["meta"]), path)
+    if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
+        return None                         # an older layout: encode afresh
+    meta = check_value(path, meta, META_SCHEMA, "meta")
+    check_arrays(path, arrays, arrays_schema, bind={"N": len(meta["items"])})
+    return meta, arrays
 
 
 def _file_stamps(paths):
@@ -63,23 +89,22 @@ def _read(path, identity, items):
     if not os.path.exists(path):
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
-                return None             # an older layout: encode afresh
-            if meta.get("identity") != identity or meta.get("items") != items:
-                return None
-            feats, stamps = z["features"], z["stamps"]
-        if meta.get("sha256") != _checksum(feats, stamps):
-            raise ValueError("checksum mismatch")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
-            TypeError, AttributeError) as e:
-        print(f"feature cache {path} is corrupt ({type(e).__name__}: {str(e)[:120]}); "
-              "encoding again", file=sys.stderr)
-        return None
-    if feats.shape[0] != len(items) or stamps.shape != (len(items), 2):
+        found = read_entry(path, IMAGE_ARRAYS)
+        if found is None or found[0]["identity"] != identity or found[0]["items"] != items:
+            return None
+        meta, arrays = found
+        feats, stamps = arrays["features"], arrays["stamps"]
+        if meta["sha256"] != _checksum(feats, stamps):
+            raise FileFormatError(path, "meta.sha256", "differs from the features' and stamps' SHA-256")
+    except FileFormatError as e:
+        _report_corrupt(e)
         return None
     return feats, stamps
+
+
+def _report_corrupt(e: FileFormatError) -> None:
+    where = f"{e.key}: " if e.key else ""
+    print(f"feature cache {e.path} is corrupt ({where}{e.problem[:160]}); encoding again", file=sys.stderr)
 
 
 def _encode(items, encoder, batch_size, desc, progress, unit):
@@ -145,19 +170,15 @@ def _read_texts(path, identity):
     if not os.path.exists(path):
         return {}, None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION \
-                    or meta.get("identity") != identity:
-                return {}, None
-            feats, texts = z["features"], [str(t) for t in meta["items"]]
-        if meta.get("sha256") != _checksum(feats, np.frombuffer(json.dumps(texts).encode(), np.uint8)) \
-                or feats.shape[0] != len(texts):
-            raise ValueError("checksum mismatch")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
-            TypeError, AttributeError) as e:
-        print(f"feature cache {path} is corrupt ({type(e).__name__}: {str(e)[:120]}); "
-              "encoding again", file=sys.stderr)
+        found = read_entry(path, PROMPT_ARRAYS)
+        if found is None or found[0]["identity"] != identity:
+            return {}, None
+        meta, arrays = found
+        feats, texts = arrays["features"], meta["items"]
+        if meta["sha256"] != _checksum(feats, np.frombuffer(json.dumps(texts).encode(), np.uint8)):
+            raise FileFormatError(path, "meta.sha256", "differs from the features' and prompts' SHA-256")
+    except FileFormatError as e:
+        _report_corrupt(e)
         return {}, None
     return {t: i for i, t in enumerate(texts)}, feats
 

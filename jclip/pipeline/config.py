@@ -214,11 +214,30 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Co
     """
     path = os.path.abspath(os.fspath(path or DEFAULT_CONFIG))
     raw = read_json(path)
+    check_tuned(raw, path)
     given = SCHEMA.apply_overrides(raw, overrides, path)
     try:
         return _build(raw, path, tuple(sorted(given)))
     except ConfigError as e:
         raise blame_override(e, path, given) from None
+
+
+def check_tuned(raw: Mapping[str, Any], path: str) -> None:
+    """The ``_tuned`` block the sweep writes (validate/sweep.py), checked against
+    its schema (file_schema, imported only for such a file: a plain configuration
+    loads without numpy); ConfigError naming the file and key."""
+    if "_tuned" not in raw:
+        return
+    from ..file_schema import FileFormatError, Float, Int, ListOf, Record, Sha256, Str, check_value
+    fields = {"by": Str(), "from": Str(), "val_list_sha256": Sha256(), "seed": Int(),
+              "held_out_classes": ListOf(Str()), "images": Int(0), "top1": Float(0, 1),
+              "baseline_top1": Float(0, 1), "trials": Int(1)}
+    # provenance: what the sweep writes is typed; a hand-edited block may omit or add keys
+    schema = Record(fields, optional=fields, extra=True)
+    try:
+        check_value(path, raw["_tuned"], schema, "_tuned")
+    except FileFormatError as e:
+        raise ConfigError(str(e)) from None
 
 
 def config_from_dict(d: Mapping[str, Any], path: str = "<configuration>") -> Config:

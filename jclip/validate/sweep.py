@@ -15,7 +15,7 @@ from typing import Dict, Optional
 
 from ..io import atomic_write_text
 from ..pipeline.backbones import step
-from ..pipeline.config import Config
+from ..pipeline.config import Config, load_config
 from ..progress import progress
 from .metrics import accuracy
 from .plots import sweep_plots
@@ -96,7 +96,8 @@ def sweep(cfg, out: str, write: str, holdout: Optional[int] = None, seed: int = 
     write_json(os.path.join(out, "sweep.json"), summary)
     plots = sweep_plots(out, trials, cfg.backbones[list(p0["lpp_mix"])[0]].model)
     atomic_write_text(os.path.join(out, "sweep.md"), sweep_markdown(summary, trials, plots, write))
-    atomic_write_text(write, json.dumps(tuned, indent=1) + "\n")
+    # read back as a configuration (its schema and the _tuned block) before it replaces ``write``
+    atomic_write_text(write, json.dumps(tuned, indent=1) + "\n", check=load_config)
     write_json(os.path.join(out, "timings.json"), {"times_s": d.times, "total_s": round(time.time() - t0, 2)})
     print(f"sweep: {len(trials)} settings tried; top-1 {pct(baseline['top1'])}% -> {pct(best)}% "
           f"on {len(d.eval_paths)} validation images; wrote {write}")

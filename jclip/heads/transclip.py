@@ -237,7 +237,7 @@ class TransCLIP(Head):
     @staticmethod
     def _update_gaussian(x, x_sq, z, mu, gamma, shots):
         """The means, then the variance around the new means."""
-        n = x.shape[0]
+        n = x.dtype.type(x.shape[0])      # a Python int over 65535 would promote float32 to float64
         zx = z.T @ x / n                                        # (C, D)
         if shots:
             s, ys = shots

@@ -368,6 +368,8 @@ class _Checker:
         elif tp is int:
             if isinstance(v, bool) or not isinstance(v, int):
                 self.fail(key, f"expected a whole number, got {json_type(v)}")
+            if not -(1 << 63) <= v < (1 << 63):     # every count, size and seed fits numpy's int64
+                self.fail(key, f"{v} is outside the 64-bit integer range")
         elif tp is float:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 self.fail(key, f"expected a number, got {json_type(v)}")

@@ -54,7 +54,7 @@ INDEX_SCHEMA = Record({
     "version": Int(VERSION, VERSION), "model": Str(), "weights_sha256": Sha256(),
     "preprocess_id": Str(), "dtype": Str(DTYPES), "dim": Int(1, 1 << 16),
     "shard_size": Int(1, 1 << 30), "images": Int(1, 1 << 40), "paths_sha256": Sha256()})
-SHARD_SCHEMA = Record({"first": Int(0), "count": Int(1, 1 << 30), "sha256": Sha256(),
+SHARD_SCHEMA = Record({"first": Int(0, 1 << 40), "count": Int(1, 1 << 30), "sha256": Sha256(),
                        "unreadable": DictOf(Str(max_len=4096), key=Str(max_len=4096))})
 
 
@@ -195,7 +195,10 @@ def _write_shard(folder: str, i: int, first: int, feats: np.ndarray, unreadable:
     want, digest = np.ascontiguousarray(feats), []
 
     def verify(tmp):
-        got = read_npy(tmp, Array((want.dtype.name,), want.shape))
+        try:
+            got = read_npy(tmp, Array((want.dtype.name,), want.shape))
+        except FileFormatError as e:
+            raise WriteCheckError(f"{npy}: the array read back is damaged ({e.problem})") from None
         if not np.array_equal(got, want, equal_nan=True):
             raise WriteCheckError(f"{npy}: the array read back differs from what was written")
         digest.append(sha256_file(tmp))

@@ -138,9 +138,16 @@ def test_write_result_checks_before_replacing(tmp_path):
 def test_manifest_refuses_a_replaced_or_missing_head(tmp_path):
     head = tmp_path / "lpp_vit.npz"
     head.write_bytes(b"trained")
-    cfg = load_config(None, [f"out_dir={tmp_path}"])
-    written = {"config": {"lpp": cfg.to_dict()["lpp"]},
-               "outputs": {"lpp_vit": manifest.output_entry(str(head), best_epoch=2)}}
+    cfg = load_config(None, [f"out_dir={tmp_path}", 'cascade.lpp_mix={"vit": 1.0}'])
+    shots, dog = tmp_path / "train_4shot.txt", tmp_path / "dog_head.safetensors"
+    shots.write_text("a.jpg 0\n")
+    dog.write_bytes(b"dog head")
+    written = {"config": cfg.to_dict(), "config_file": "c.json", "device": "cpu",
+               "train_4shot": manifest.output_entry(str(shots)), "val": {"path": "v.txt", "sha256": None},
+               "backbones": {"vit": {"model": "ViT-B/32", "weights": "v.pkl", "source_sha256": "a" * 64},
+                             "dog": {"model": "convnextv2_atto", "weights": "c.pkl", "sha256": "b" * 64}},
+               "outputs": {"lpp_vit": manifest.output_entry(str(head), best_epoch=2),
+                           "dog_head": manifest.output_entry(str(dog))}}
     manifest.write(cfg, written)
     assert manifest.read(cfg) == json.loads(json.dumps(written))
     head.write_bytes(b"another run")
@@ -152,7 +159,13 @@ def test_manifest_refuses_a_replaced_or_missing_head(tmp_path):
     head.write_bytes(b"trained")
     with pytest.raises(ContestFormatError, match="`lpp` differs"):
         manifest.read(cfg.with_values({"lpp.epochs": cfg.lpp.epochs + 1}))
-    manifest.start(cfg)                  # train.sh starts: the old manifest is gone
+    # a damaged manifest: one line naming the file and the key
+    for damaged, key in (({**written, "outputs": []}, "outputs"),
+                         ({**written, "train_4shot": {"path": "x", "sha256": 7}}, "train_4shot.sha256")):
+        (tmp_path / "manifest.json").write_text(json.dumps(damaged))
+        with pytest.raises(ContestFormatError, match=f"manifest.json: {key}: .*run train.sh again"):
+            manifest.read(cfg)
+    (tmp_path / "manifest.json").unlink()
     with pytest.raises(ContestFormatError, match="no trained heads; run train.sh first"):
         manifest.read(cfg)
 

@@ -45,16 +45,21 @@ PROMPT_ARRAYS = {"features": Array("f", ("N", "D")), "meta": Array("U", ())}
 def read_entry(path, arrays_schema):
     """(meta, arrays) of a cache file, checked against its schema (the npz
     headers against the bytes held, meta JSON bounded, every array's dtype and
-    shape, N = len(items)); None for a file of an older layout.  Raises
-    FileFormatError naming the file and key."""
+    shape, N = len(items)) and its checksum; None for a file of an older
+    layout.  Raises FileFormatError naming the file and key."""
     arrays = read_npz(path)
     if "meta" not in arrays or arrays["meta"].dtype.kind != "U" or arrays["meta"].shape != ():
         raise FileFormatError(path, "meta", "missing or not a text array")
-    meta = loads_bounded(str(arrays["meta"]), path)
-    if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
+    meta = check_value(path, loads_bounded(str(arrays["meta"]), path), Record({}, extra=True), "meta")
+    if meta.get("version") != FORMAT_VERSION:
         return None                         # an older layout: encode afresh
     meta = check_value(path, meta, META_SCHEMA, "meta")
     check_arrays(path, arrays, arrays_schema, bind={"N": len(meta["items"])})
+    stamps = arrays["stamps"] if "stamps" in arrays_schema else \
+        np.frombuffer(json.dumps(meta["items"]).encode(), np.uint8)
+    if meta["sha256"] != _checksum(arrays["features"], stamps):
+        raise FileFormatError(path, "meta.sha256", "differs from the SHA-256 of the features and "
+                                                   + ("stamps" if "stamps" in arrays_schema else "prompts"))
     return meta, arrays
 
 
@@ -92,10 +97,7 @@ def _read(path, identity, items):
         found = read_entry(path, IMAGE_ARRAYS)
         if found is None or found[0]["identity"] != identity or found[0]["items"] != items:
             return None
-        meta, arrays = found
-        feats, stamps = arrays["features"], arrays["stamps"]
-        if meta["sha256"] != _checksum(feats, stamps):
-            raise FileFormatError(path, "meta.sha256", "differs from the features' and stamps' SHA-256")
+        feats, stamps = found[1]["features"], found[1]["stamps"]
     except FileFormatError as e:
         _report_corrupt(e)
         return None
@@ -173,10 +175,7 @@ def _read_texts(path, identity):
         found = read_entry(path, PROMPT_ARRAYS)
         if found is None or found[0]["identity"] != identity:
             return {}, None
-        meta, arrays = found
-        feats, texts = arrays["features"], meta["items"]
-        if meta["sha256"] != _checksum(feats, np.frombuffer(json.dumps(texts).encode(), np.uint8)):
-            raise FileFormatError(path, "meta.sha256", "differs from the features' and prompts' SHA-256")
+        feats, texts = found[1]["features"], found[0]["items"]
     except FileFormatError as e:
         _report_corrupt(e)
         return {}, None

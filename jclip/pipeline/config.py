@@ -229,9 +229,9 @@ def check_tuned(raw: Mapping[str, Any], path: str) -> None:
     if "_tuned" not in raw:
         return
     from ..file_schema import FileFormatError, Float, Int, ListOf, Record, Sha256, Str, check_value
-    fields = {"by": Str(), "from": Str(), "val_list_sha256": Sha256(), "seed": Int(),
-              "held_out_classes": ListOf(Str()), "images": Int(0), "top1": Float(0, 1),
-              "baseline_top1": Float(0, 1), "trials": Int(1)}
+    fields = {"by": Str(), "from": Str(), "val_list_sha256": Sha256(), "seed": Int(-(1 << 63), (1 << 63) - 1),
+              "held_out_classes": ListOf(Str()), "images": Int(0, 1 << 62), "top1": Float(0, 1),
+              "baseline_top1": Float(0, 1), "trials": Int(1, 1 << 62)}
     # provenance: what the sweep writes is typed; a hand-edited block may omit or add keys
     schema = Record(fields, optional=fields, extra=True)
     try:

@@ -1,38 +1,117 @@
 """``out/manifest.json``: what train.sh wrote, and the checks test.sh and val.sh
 make against it before they use a trained head.
 
-train.sh removes the old manifest before it writes the first head and writes
-the new one last, so a run killed half-way leaves no manifest; and every head
-file's SHA-256 is recorded, so a head replaced after training (or by a killed
-run next to an old manifest) is refused instead of silently used.
+A retrain never touches the previous state until its own is complete:
+``begin`` gives it a fresh staging folder inside ``out_dir`` for every file it
+writes (heads, the dog head's validation list); ``commit`` checks each staged
+head against the SHA-256 it records, writes the manifest naming the staged
+files (one atomic rename: from here on the new heads are the trained state),
+installs them under their usual names (hard links, each atomic), writes the
+manifest again with those names, and removes the staging folder.  A failure
+or a SIGKILL at any point leaves a manifest whose every head is present and
+the one it records: the previous run's, or the new one's.  Every head file's
+SHA-256 is recorded, so a head replaced after training is refused instead of
+silently used.  The manifest itself is checked against ``SCHEMA``.
 """
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from typing import Any, Dict
 
 from ..data.contest import ContestFormatError
-from ..io import atomic_write_text, sha256_file
+from ..file_schema import (Any_, DictOf, FileFormatError, Float, Int, Maybe, OneOf, Record, Sha256,
+                           Str, read_json)
+from ..io import atomic_copy, atomic_write_text, fsync_dir, sha256_file
 
 MANIFEST = "manifest.json"
+STAGING = ".train-"      # a run's staging folder inside out_dir: .train-<pid>-XXXX
 # the settings that shape the trained heads: test.sh and val.sh must use the same
 TRAIN_SETTINGS = ("backbones", "templates", "domain_suffix", "lpp", "dog_head")
+
+_FILE = Record({"path": Str(), "sha256": Maybe(Sha256())})
+_OUTPUT = Record({"path": Str(), "sha256": Sha256(),     # the dog head's accuracy is text ("0.4000")
+                  "val_accuracy": Maybe(OneOf(Float(), Str(max_len=32))),
+                  "best_epoch": Maybe(Int(0, 1 << 31))}, optional=("val_accuracy", "best_epoch"), extra=True)
+_BACKBONE = Record({"model": Str(), "weights": Str(), "source_sha256": Maybe(Sha256()),
+                    "sha256": Maybe(Sha256())}, optional=("source_sha256", "sha256"))
+# the manifest (docs/security.md); stages other runs add may carry more top-level keys
+SCHEMA = Record({
+    "config": DictOf(Any_()), "config_file": Str(), "device": Str(),
+    "train_4shot": Record({"path": Str(), "sha256": Sha256()}), "val": _FILE,
+    "backbones": DictOf(_BACKBONE), "outputs": DictOf(_OUTPUT), "split": Any_(),
+    "times_s": DictOf(Float(0)), "total_s": Float(0)},
+    optional=("split", "times_s", "total_s"), extra=True)
+
+
+_abandon = {}            # staging folder -> its clean-up at exit (until committed)
 
 
 def manifest_path(cfg) -> str:
     return os.path.join(cfg.out_dir, MANIFEST)
 
 
-def start(cfg) -> None:
-    """Remove the previous manifest before train.sh replaces any head."""
-    path = manifest_path(cfg)
-    if os.path.isfile(path):
-        os.remove(path)
+def _listed_folders(out_dir: str) -> set:
+    """The folders of the head files the current manifest lists (if readable)."""
+    try:
+        m = read_json(os.path.join(out_dir, MANIFEST), SCHEMA)
+    except FileFormatError:
+        return set()
+    return {os.path.abspath(os.path.dirname(e["path"])) for e in m["outputs"].values()}
+
+
+def _remove_unless_listed(out_dir: str, staging: str) -> None:
+    """Remove ``staging`` unless the manifest names files in it (a commit that
+    failed after writing the manifest: those heads are the trained state)."""
+    if os.path.abspath(staging) not in _listed_folders(out_dir):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def begin(cfg) -> str:
+    """A fresh staging folder in ``out_dir`` for this run's files; staging
+    folders of earlier runs that died are removed unless the current manifest
+    lists them.  Returns the folder."""
+    out = cfg.out_dir
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):
+        if name.startswith(STAGING) and os.path.isdir(os.path.join(out, name)):
+            _remove_unless_listed(out, os.path.join(out, name))
+    staging = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=out)
+    # a run that fails (an exception, sys.exit) leaves no staging folder behind;
+    # one killed outright is removed by the next begin()
+    _abandon[staging] = lambda: _remove_unless_listed(out, staging)
+    atexit.register(_abandon[staging])
+    return staging
 
 
 def write(cfg, manifest: Dict[str, Any]) -> str:
-    """Write the manifest atomically (train.sh's last step); returns its path."""
+    """Write the manifest atomically (checked against SCHEMA as read back); returns its path."""
     path = manifest_path(cfg)
-    atomic_write_text(path, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=1) + "\n", check=read_checked)
+    return path
+
+
+def commit(cfg, manifest: Dict[str, Any], staging: str) -> str:
+    """Make the heads staged in ``staging`` the trained state (module
+    docstring); returns the manifest's path."""
+    check_outputs(manifest, os.path.join(staging, MANIFEST))   # every staged head verified first
+    write(cfg, manifest)                                        # the new state, in the staging folder
+    staged = os.path.abspath(staging)
+    final = json.loads(json.dumps(manifest))
+    for name in sorted(os.listdir(staging)):
+        atomic_copy(os.path.join(staging, name), os.path.join(cfg.out_dir, name))
+    for entry in final["outputs"].values():
+        if os.path.abspath(os.path.dirname(entry["path"])) == staged:
+            entry["path"] = os.path.join(cfg.out_dir, os.path.basename(entry["path"]))
+    check_outputs(final, manifest_path(cfg))
+    path = write(cfg, final)                                    # the same heads, under their names
+    for name in os.listdir(cfg.out_dir):     # this run's staging folder, and any a killed run left
+        if name.startswith(STAGING) and os.path.isdir(os.path.join(cfg.out_dir, name)):
+            _remove_unless_listed(cfg.out_dir, os.path.join(cfg.out_dir, name))
+    fsync_dir(cfg.out_dir)
+    if staging in _abandon:
+        atexit.unregister(_abandon.pop(staging))
     return path
 
 
@@ -41,20 +120,44 @@ def output_entry(path: str, **extra) -> Dict[str, Any]:
     return {"path": path, "sha256": sha256_file(path), **extra}
 
 
+def read_checked(path: str) -> Dict[str, Any]:
+    """A manifest file checked against SCHEMA, its ``config`` a valid
+    configuration (FileFormatError naming the file and key)."""
+    from .config import ConfigError, config_from_dict
+    manifest = read_json(path, SCHEMA)
+    try:
+        cfg = config_from_dict(manifest["config"], "config")
+    except ConfigError as e:
+        raise FileFormatError(path, "", str(e)) from None
+    # every head the configuration uses is listed, with the backbone it was trained on
+    backbones, outputs = manifest["backbones"], manifest["outputs"]
+    seen = manifest.get("seen_head")
+    seen = seen.get("head", "lpp") if isinstance(seen, dict) else "lpp"    # older manifests: LP++
+    for key in cfg.cascade.lpp_mix:
+        if not isinstance(backbones.get(key, {}).get("source_sha256"), str):
+            raise FileFormatError(path, f"backbones.{key}.source_sha256", "missing (the backbone of a head)")
+        if f"{seen}_{key}" not in outputs:
+            raise FileFormatError(path, f"outputs.{seen}_{key}", f"missing (the head of backbone {key!r})")
+    if "dog_head" not in outputs:
+        raise FileFormatError(path, "outputs.dog_head", "missing")
+    if not isinstance(backbones.get("dog", {}).get("sha256"), str):
+        raise FileFormatError(path, "backbones.dog.sha256", "missing (the dog head's backbone)")
+    return manifest
+
+
 def read(cfg) -> Dict[str, Any]:
-    """The manifest of ``cfg``'s out_dir, checked: trained with these settings, and
-    every head file still the one train.sh wrote.
+    """The manifest of ``cfg``'s out_dir, checked: its schema, trained with these
+    settings, and every head file still the one train.sh wrote.
 
     Raises ContestFormatError with a message that says to run train.sh.
     """
     path = manifest_path(cfg)
     if not os.path.isfile(path):
         raise ContestFormatError(f"{path}: no trained heads; run train.sh first")
-    with open(path, encoding="utf-8") as f:
-        try:
-            manifest = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ContestFormatError(f"{path}: not valid JSON ({e}); run train.sh again") from None
+    try:
+        manifest = read_checked(path)
+    except FileFormatError as e:
+        raise ContestFormatError(f"{e}; run train.sh again") from None
     check_trained_with(cfg, manifest)
     check_outputs(manifest, path)
     return manifest
@@ -62,7 +165,7 @@ def read(cfg) -> Dict[str, Any]:
 
 def check_trained_with(cfg, manifest: Dict[str, Any]) -> None:
     """The settings that shape the trained heads must be those train.sh used."""
-    trained, now = manifest.get("config", {}), cfg.to_dict()
+    trained, now = manifest["config"], cfg.to_dict()
     for key in TRAIN_SETTINGS:
         if key in trained and trained[key] != now.get(key):
             raise ContestFormatError(
@@ -73,12 +176,12 @@ def check_trained_with(cfg, manifest: Dict[str, Any]) -> None:
 
 def check_outputs(manifest: Dict[str, Any], path: str) -> None:
     """Every file train.sh recorded must exist with the SHA-256 it recorded."""
-    for name, entry in manifest.get("outputs", {}).items():
-        head = entry.get("path")
-        if not head or not os.path.isfile(head):
+    for name, entry in manifest["outputs"].items():
+        head = entry["path"]
+        if not os.path.isfile(head):
             raise ContestFormatError(f"{head}: the {name} head that {path} lists is missing; "
                                      f"run train.sh again")
-        if sha256_file(head) != entry.get("sha256"):
+        if sha256_file(head) != entry["sha256"]:
             raise ContestFormatError(
                 f"{head}: not the {name} head that {path} records (SHA-256 differs: a train.sh "
                 f"was interrupted or the file was replaced); run train.sh again")

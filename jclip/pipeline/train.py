@@ -1,5 +1,6 @@
 """train.sh: fit LP++ on each CLIP backbone, train the ConvNeXt-V2 dog head,
-write ``out/manifest.json`` last.
+write ``out/manifest.json`` last (built beside the previous heads, swapped in
+at the end: manifest.begin / manifest.commit).
 
 The images train.sh uses are the 4-shot list and, from ``val.txt``, the first
 ``lpp.val_per_class`` images of each class (LP++'s epoch) and the first
@@ -81,9 +82,9 @@ def train(cfg) -> Dict[str, Any]:
     if os.path.isfile(split_json):
         with open(split_json) as f:
             manifest["split"] = json.load(f)
-    # a run killed from here on leaves no manifest: test.sh refuses the half-written heads
-    if distributed.is_root():
-        manifest_file.start(cfg)
+    # every file of this run goes to a staging folder; the previous heads and
+    # manifest stay usable until commit swaps the new ones in (manifest.py)
+    staging = manifest_file.begin(cfg) if distributed.is_root() else None
 
     _, dog_mask = class_masks(len(names), len(names), cfg.cascade.dog_range)
     lpp_val, dog_val = selection_images(cfg, val, dog_mask)
@@ -103,7 +104,7 @@ def train(cfg) -> Dict[str, Any]:
         with step(f"{key}: LP++ ({cfg.lpp.epochs} epochs)", times):
             head = fit_lpp(cfg.lpp, feats[:n][keep], y_shots[keep], enc.texts[key][0],
                            feats[n:][vkeep], y_val[vkeep])
-            path = os.path.join(out, f"lpp_{key}.npz")
+            path = os.path.join(staging, f"lpp_{key}.npz")
             head.save(path)
         acc = getattr(head, "val_accuracy_", None)
         print(f"    LP++ {spec.model}: validation accuracy "
@@ -115,10 +116,10 @@ def train(cfg) -> Dict[str, Any]:
 
     dog = cfg.dog_head
     lo, hi = cfg.cascade.dog_range
-    dog_val_path = os.path.join(out, "val_dogs.txt") if dog_val else None
+    dog_val_path = os.path.join(staging, "val_dogs.txt") if dog_val else None
     if dog_val:
         write_labelled_list(dog_val_path, dog_val)
-    head_path = os.path.join(out, "dog_head.safetensors")
+    head_path = os.path.join(staging, "dog_head.safetensors")
     with step(f"dog head: ConvNeXt-V2 {dog.mode} training, {dog.epochs} epochs", times):
         r = finetune.train(dog.weights, shots_path, labels=(lo, hi), root=root,
                            val_list=dog_val_path, out=head_path, mode=dog.mode,
@@ -131,6 +132,6 @@ def train(cfg) -> Dict[str, Any]:
         head_path, val_accuracy=r["meta"].get("val_acc"), best_epoch=r["best_epoch"])
     manifest["times_s"] = times
     manifest["total_s"] = round(time.time() - t_all, 2)
-    written = manifest_file.write(cfg, manifest)
+    written = manifest_file.commit(cfg, manifest, staging)
     print(f"trained in {manifest['total_s']:.1f} s; wrote {written}")
     return manifest

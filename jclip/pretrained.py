@@ -65,6 +65,10 @@ def load(name_or_path: str, device: Optional[str] = None,
     path = resolve(name_or_path, weights)
     use_device(device)
     state_dict, meta = read_state_dict(path)
+    recorded = meta.get("model")
+    if name_or_path != path and recorded is not None and recorded != name_or_path:
+        raise ValueError(f"{path}: holds {recorded}, not {name_or_path} (asked for by name); "
+                         f"convert {name_or_path} again or load the file by its path")
     model = build_model(state_dict, source=path, meta=meta)   # meta: open_clip's architecture
     model.weights_path = path
     model.name = meta.get("model") or (name_or_path if name_or_path in available_models()

@@ -261,7 +261,7 @@ def test_save_load_small_file_on_its_base(pair, tmp_path):
     other = build_model(other_state)
     with pytest.raises(ValueError, match="trained on"):
         ClipFinetune(other, None).load(path)
-    assert ClipFinetune(other, None).load(path, check_base=False).class_names_ == list(COLOURS)
+    assert ClipFinetune(other, None).load(path, check_identity=False).class_names_ == list(COLOURS)
     weights = tmp_path / "base.safetensors"
     save_state_dict(weights, {k: v.numpy() for k, v in model.state_dict().items()}, {"model": "t"})
     with pytest.raises(ValueError, match="not a clip_finetune file"):

@@ -44,14 +44,16 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
+from ..file_schema import Array, Float, ListOf, Str
 from ..heads.base import Head, as_labels, check_number
+from ..heads.head_file import ArrayDict
 from ..heads.templates import clean_class_name
 from ..models.clip import normalize
 from ..models.tokenizer import tokenize
 from ..progress import progress as progress_bar
+from .files import CLIP_FINETUNE_KIND as FILE_KIND, ClipFinetuneFile
 from .trainable import trainable_names
 
-FILE_KIND = "jclip-clip-finetune"
 Images = Union[np.ndarray, Sequence[str]]
 
 
@@ -138,6 +140,10 @@ class ClipFinetune(Head):
     method = "clip_finetune"
     _fitted = ("params_", "class_names_")
     _unsaved_params = ("model", "preprocess")
+    fitted_spec = {"params_": ArrayDict(Array("f", None)), "class_names_": ListOf(Str(), 1),
+                   "history_": ListOf(Float())}
+    identity_spec = {"base": Str(), "base_sha256": Str(pattern=r"(weights:)?[0-9a-f]{64}")}
+    file_container = ClipFinetuneFile
 
     def __init__(self, model: Any, class_names: Optional[Sequence[str]],
                  template: str = "a photo of a {}.", trainable: str = "proj", train_text: bool = True,
@@ -384,45 +390,26 @@ class ClipFinetune(Head):
         return self._scale() * self.image_features(images) @ text.T
 
     # -- files -----------------------------------------------------------------------
-    def save(self, path) -> str:
-        """Write only the trained parameters (jclip weights, safetensors unless
-        the path ends in .pkl) with the settings and the base checkpoint's
-        SHA-256; returns the path."""
-        from ..weights.checkpoint import save_state_dict
-        self._check_fitted()
-        head, arrays = self._to_file()
+    # Saved (heads/head_file.py through finetune/files.py): only the trained
+    # parameters (jclip weights) with the settings and the base checkpoint's SHA-256.
+    def _file_identity(self):
         name, sha = base_identity(self.model)
-        save_state_dict(path, arrays, {"kind": FILE_KIND, "head": json.dumps(head),
-                                       "base": name, "base_sha256": sha})
-        return os.fspath(path)
+        return {"base": name, "base_sha256": sha}
 
-    def load(self, path, check_base: bool = True) -> "ClipFinetune":
-        """Restore parameters saved by ``save`` onto ``self.model``.
-
-        Parameters: check_base: refuse a file trained on another checkpoint.
-        Returns: self.  Raises ValueError naming the file.
-        """
-        from ..weights.checkpoint import CheckpointError, read_state_dict
-        path = os.fspath(path)
-        try:
-            arrays, meta = read_state_dict(path)
-        except CheckpointError as e:
-            raise ValueError(str(e)) from None
-        if meta.get("kind") != FILE_KIND:
-            raise ValueError(f"{path}: not a clip_finetune file (a jclip weights file of kind "
-                             f"{meta.get('kind')!r})")
+    def _check_identity(self, recorded, path):
         if self.model is None:
             raise ValueError(f"{path}: loading needs the base CLIP model")
         name, sha = base_identity(self.model)
-        if check_base and sha != meta.get("base_sha256"):
-            raise ValueError(f"{path}: trained on {meta.get('base')} ({str(meta.get('base_sha256'))[:16]}...), "
+        if sha != recorded["base_sha256"]:
+            raise ValueError(f"{path}: trained on {recorded['base']} ({recorded['base_sha256'][:16]}...), "
                              f"not on this model {name} ({sha[:16]}...)")
+
+    def _after_load(self, path):
+        """The saved parameters must fit the model they are applied to."""
+        if self.model is None:
+            raise ValueError(f"{path}: loading needs the base CLIP model")
         state = self.model.state_dict()
-        head = json.loads(meta["head"])
-        self._from_file(head, arrays, path)
-        self.class_names_, self.history_ = list(self.class_names_), list(self.history_)
         for k, v in self.params_.items():
             if k not in state or tuple(state[k].shape) != v.shape:
-                raise ValueError(f"{path}: parameter {k} {v.shape} does not fit this model")
+                raise ValueError(f"{path}: {k} {v.shape} does not fit this model")
             self.params_[k] = np.asarray(v, dtype=np.float32)
-        return self

@@ -13,8 +13,9 @@ from ..io import sha256_file
 from ..catalog import get_card
 from ..models.convnext import ConvNeXtV2
 from ..pretrained import load_convnextv2_file
-from ..weights.checkpoint import CheckpointError, find_weights, read_state_dict
+from ..weights.checkpoint import CheckpointError, find_weights
 from .data import BACKBONE_CARD
+from .files import read_dog_head
 
 
 def trainable_prefixes(unfreeze: int) -> Tuple[str, ...]:
@@ -63,9 +64,7 @@ def load_finetuned(weights: str, head: str) -> ConvNeXtV2:
     the head's classes) and ``image_size`` set.  Raises CheckpointError when
     the file is not a head, or was trained on other weights.
     """
-    state, meta = read_state_dict(head)
-    if "backbone_sha256" not in meta:
-        raise CheckpointError(f"{head}: not a jclip fine-tuned head (no backbone_sha256)")
+    state, meta = read_dog_head(head)           # the file's schema: meta, every tensor from the card
     weights = find_weights(weights) or weights
     sha = sha256_file(weights)
     if sha != meta["backbone_sha256"]:

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from ..metrics import topk_accuracy
 from .base import Head, as_features, as_labels, check_number, l2_normalize, softmax, val_split
+from ..file_schema import Array, Float, Maybe
 from .tip_adapter import search_grid
 
 KL_EPS = 1e-6       # the official log2((V + 1e-6) / (p + 1e-6))
@@ -65,6 +66,10 @@ class APE(Head):
 
     _fitted = ("channels_", "keys_", "key_labels_", "text_weights_", "key_divergence_",
                "beta_", "alpha_", "gamma_", "logit_scale_")
+    fitted_spec = {"channels_": Array("i", ("K",)), "keys_": Array("f", ("N", "K")),
+                   "key_labels_": Array("i", ("N",)), "text_weights_": Array("f", ("C", "D")),
+                   "key_divergence_": Array("f", ("N",)), "logit_scale_": Float(), "beta_": Float(),
+                   "alpha_": Float(), "gamma_": Float(), "val_accuracy_": Maybe(Float(0, 1))}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, feat_num: Optional[int] = None,
                  w: Sequence[float] = (0.7, 0.3), init_beta: float = 1.0, init_alpha: float = 2.0,

@@ -18,26 +18,17 @@ the dtype they are given (float32 stays float32 for speed, float64 stays
 float64 for exact checks); any other dtype is converted to float32.
 """
 import inspect
-import json
-import os
-import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..io import atomic_save_npz
+from ..file_schema import Array
 from ..metrics import topk_accuracy, topk_ids
+from . import head_file
 
 # How far a row norm may stray from 1 before features count as not normalised
 # (fp16 features that were normalised in fp16 land within ~1e-3).
 NORM_TOLERANCE = 1e-2
-
-# The header every saved head carries; files without it (or another version)
-# are refused.  Version 2: the estimator API (params + fitted attributes).
-FILE_FORMAT = "jclip-head"
-FILE_VERSION = 2
-META_KEY = "__meta__"
-
 
 def as_features(x, name: str = "features", dim: Optional[int] = None, normalised: bool = True,
                 dtype=None) -> np.ndarray:
@@ -158,64 +149,6 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return z
 
 
-# --------------------------------------------------------------------------
-# Head files: a JSON header plus arrays in one npz
-# --------------------------------------------------------------------------
-
-def _jsonable(v) -> bool:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return True
-    if isinstance(v, (list, tuple)):
-        return all(_jsonable(i) for i in v)
-    return False
-
-
-def _plain(v):
-    """numpy scalars -> Python ones, so the header is JSON."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return type(v)(_plain(i) for i in v)
-    return v
-
-
-def _tuples(v):
-    """JSON lists back to tuples (sequence hyper-parameters are tuples)."""
-    return tuple(_tuples(i) for i in v) if isinstance(v, list) else v
-
-
-def read_head_file(path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """(header, arrays) of a file written by ``Head.save``.
-
-    Raises ValueError naming the file when it is not a jclip head file of
-    this format version (an old or foreign npz, a truncated file, ...).
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such head file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ValueError("a bare .npy array, not an npz archive")
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a jclip head file ({e})") from None
-    if META_KEY not in arrays:
-        raise ValueError(f"{path}: not a jclip head file (no {META_KEY} header; heads saved "
-                         f"before head file format {FILE_VERSION} must be retrained)")
-    try:
-        meta = json.loads(str(arrays.pop(META_KEY)))
-    except ValueError as e:
-        raise ValueError(f"{path}: unreadable head header ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
-        raise ValueError(f"{path}: not a jclip head file (format {meta.get('format')!r})"
-                         if isinstance(meta, dict) else f"{path}: not a jclip head file")
-    if meta.get("version") != FILE_VERSION:
-        raise ValueError(f"{path}: head file format version {meta.get('version')}, this jclip "
-                         f"reads version {FILE_VERSION}; retrain the head")
-    return meta, arrays
-
-
 class Head:
     """Base class of the few-shot heads (see the module docstring).
 
@@ -227,6 +160,15 @@ class Head:
     # hyper-parameters that cannot be written to a file (e.g. a model); the
     # caller passes them again to the constructor before ``load``
     _unsaved_params: Tuple[str, ...] = ()
+    # a hyper-parameter holding a fitted start head, carried inside the file
+    _head_params: Tuple[str, ...] = ()
+    # the file's schema (heads/head_file.py): fitted attribute -> spec, a
+    # hyper-parameter's spec or array spec where its default's kind is not enough
+    fitted_spec: Dict[str, Any] = {}
+    param_spec: Dict[str, Any] = {}
+    param_array_spec: Dict[str, Any] = {"text_weights": Array("f", ("C", "D"))}
+    identity_spec: Dict[str, Any] = {}
+    file_container = head_file.NpzContainer
 
     # -- hyper-parameters --------------------------------------------------
     @classmethod
@@ -323,97 +265,29 @@ class Head:
         """Top-``k`` accuracy (a fraction) on labelled features."""
         return topk_accuracy(self.logits(features), labels, k)
 
-    # -- files -------------------------------------------------------------
-    def _fitted_state(self) -> Dict[str, Any]:
-        """Every public attribute ending in ``_`` (what fit learned)."""
-        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+    # -- files (one serializer: heads/head_file.py, driven by the declarations) --
+    def _file_identity(self) -> Dict[str, str]:
+        """What the file records the head was learned on (keys of ``identity_spec``)."""
+        return {}
 
-    def _to_file(self) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-        """(header fields, arrays) holding the hyper-parameters and fitted state.
+    def _check_identity(self, recorded: Dict[str, str], path: str) -> None:
+        """Refuse a file learned on something other than what this head holds."""
 
-        Array hyper-parameters whose fitted copy ``<name>_`` is saved anyway
-        (``text_weights``) are stored once, as the fitted copy."""
-        meta: Dict[str, Any] = {"params": {}, "param_arrays": [], "params_from_fitted": [],
-                                "fitted": {}, "fitted_arrays": [], "fitted_dicts": {}}
-        arrays: Dict[str, np.ndarray] = {}
-        fitted = self._fitted_state()
-        for k, v in fitted.items():
-            if isinstance(v, np.ndarray):
-                meta["fitted_arrays"].append(k)
-                arrays[f"fitted/{k}"] = v
-            elif isinstance(v, dict) and all(isinstance(a, np.ndarray) for a in v.values()):
-                keys = list(v)   # e.g. InMaP's snapshots {step: proxies}; keys kept by position
-                meta["fitted_dicts"][k] = _plain(keys)
-                for i, key in enumerate(keys):
-                    arrays[f"fitted/{k}/{i}"] = v[key]
-            elif isinstance(v, dict) and _jsonable(list(v)) and _jsonable(list(v.values())):
-                meta["fitted"][k] = {"pairs": _plain([[a, b] for a, b in v.items()])}
-            elif _jsonable(_plain(v)):
-                meta["fitted"][k] = _plain(v)
-            else:
-                raise TypeError(f"{type(self).__name__}.{k}: cannot save a {type(v).__name__}")
-        for k, v in self.get_params().items():
-            if k in self._unsaved_params:
-                continue
-            if v is not None and isinstance(fitted.get(k + "_"), np.ndarray):
-                meta["params_from_fitted"].append(k)       # e.g. text_weights: stored once
-            elif isinstance(v, np.ndarray) or (v is not None and not _jsonable(_plain(v))):
-                meta["param_arrays"].append(k)
-                arrays[f"param/{k}"] = np.asarray(v)
-            else:
-                meta["params"][k] = _plain(v)
-        return meta, arrays
+    def _after_load(self, path: str) -> None:
+        """Rebuild what is derived, not saved (e.g. a prompt table from the model)."""
 
     def save(self, path) -> str:
-        """Write the hyper-parameters and fitted state to ``path`` (npz, atomically).
-
-        Returns: the path.  Raises RuntimeError when the head is not fitted.
-        """
+        """Write the hyper-parameters and every declared fitted attribute to
+        ``path`` (atomically).  Returns: the path.  Raises RuntimeError when
+        the head is not fitted."""
         self._check_fitted()
-        meta, arrays = self._to_file()
-        meta = dict(format=FILE_FORMAT, version=FILE_VERSION, head=type(self).__name__, **meta)
-        atomic_save_npz(path, dict(arrays, **{META_KEY: np.array(json.dumps(meta))}))
-        return os.fspath(path)
+        return head_file.save(self, path)
 
-    def _restore_params(self, meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
-        for k, v in meta["params"].items():
-            setattr(self, k, _tuples(v))
-        for k in meta["param_arrays"]:
-            setattr(self, k, arrays[f"param/{k}"])
+    def load(self, path, check_identity: bool = True) -> "Head":
+        """Restore a head written by ``save`` of the same class; the whole file
+        is checked against the class's schema before anything is set.
 
-    def _read_fitted(self, meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        for k, v in meta["fitted"].items():
-            out[k] = {a: b for a, b in v["pairs"]} if isinstance(v, dict) else _tuples(v)
-        for k in meta["fitted_arrays"]:
-            out[k] = arrays[f"fitted/{k}"]
-        for k, keys in meta["fitted_dicts"].items():
-            out[k] = {key: arrays[f"fitted/{k}/{i}"] for i, key in enumerate(keys)}
-        return out
-
-    def _from_file(self, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path: str) -> None:
-        """Restore from a checked header and its arrays (subclasses may check more)."""
-        self._restore_params(meta, arrays)
-        for k, v in self._read_fitted(meta, arrays).items():
-            setattr(self, k, v)
-        for k in meta["params_from_fitted"]:
-            setattr(self, k, getattr(self, k + "_"))
-
-    def load(self, path) -> "Head":
-        """Restore a head written by ``save`` of the same class.
-
-        Returns: self.  Raises ValueError naming the file when it is not a
-        jclip head file, another format version, or another head class.
-        """
-        meta, arrays = read_head_file(path)
-        if meta.get("head") != type(self).__name__:
-            raise ValueError(f"{os.fspath(path)}: holds a {meta.get('head')} head, "
-                             f"not a {type(self).__name__}")
-        try:
-            self._from_file(meta, arrays, os.fspath(path))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{os.fspath(path)}: damaged head file (missing {e})") from None
-        missing = [k for k in self._fitted if getattr(self, k, None) is None]
-        if missing:
-            raise ValueError(f"{os.fspath(path)}: head file lacks {missing}")
-        return self
+        Parameters: check_identity: refuse a file learned on another model
+        (heads that record one).  Returns: self.  Raises FileFormatError (a
+        ValueError) naming the file and the key."""
+        return head_file.load(self, path, check_identity)

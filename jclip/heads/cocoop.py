@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import jittor as jt
 
-from .base import read_head_file
+from .head_file import FileFormatError, read_raw
 from .coop import CoOp
 
 
@@ -79,8 +79,8 @@ def load_prompt_learner(path, model: Any, check_backbone: bool = True) -> CoOp:
     """A CoOp / CoCoOp saved by ``save``, on ``model`` (the class is read
     from the file).  Raises ValueError naming the file when it is not a
     saved prompt learner or ``model`` is not the backbone it was trained on."""
-    meta, _ = read_head_file(path)
+    meta, _ = read_raw(path)
     classes = {"CoOp": CoOp, "CoCoOp": CoCoOp}
-    if meta.get("head") not in classes:
-        raise ValueError(f"{path}: holds a {meta.get('head')} head, not a prompt learner")
+    if meta["head"] not in classes:
+        raise FileFormatError(path, "head", f"holds a {meta['head']} head, not a prompt learner")
     return classes[meta["head"]](model, None).load(path, check_backbone)

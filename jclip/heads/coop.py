@@ -29,6 +29,8 @@ from ..metrics import topk_ids
 from ..models.tokenizer import tokenize
 from ..progress import progress as progress_bar
 from .base import Head, as_features, as_labels, check_number, l2_normalize
+from ..file_schema import Array, Float, Int, ListOf, Maybe, Str
+from .head_file import ArrayDict, AsTuple
 from .episodes import check_episode_data, parse_episode, sample_episode
 from .prompts import POSITIONS, PromptTable, backbone_identity
 
@@ -73,6 +75,11 @@ class CoOp(Head):
 
     method = "coop"
     _fitted = ("params_", "table_")
+    # table_ is rebuilt from the model on load, not saved
+    fitted_spec = {"params_": ArrayDict(Array("f", None)), "n_ctx_": Int(1), "class_names_": ListOf(Str(), 1),
+                   "logit_scale_": Float(), "history_": ListOf(AsTuple(ListOf(Float(), 3, 3))),
+                   "val_history_": Maybe(ListOf(Float(0, 1))), "best_epoch_": Maybe(Int(0))}
+    identity_spec = {"backbone": Str(), "backbone_sha256": Str(pattern=r"(text-weights:)?[0-9a-f]{64}")}
     _unsaved_params = ("model",)
 
     def __init__(self, model: Any, class_names: Optional[Sequence[str]], n_ctx: int = 4,
@@ -340,45 +347,32 @@ class CoOp(Head):
         return float((self.logits(vx, names).argmax(1) == vy).mean())
 
     # -- files ---------------------------------------------------------------
-    def _fitted_state(self):
-        state = super()._fitted_state()
-        del state["table_"]                 # rebuilt from the model on load
-        return state
+    # Only the learner's parameters (a few KB for a shared context), the
+    # hyper-parameters and the backbone's name and SHA-256 are saved.
+    def _file_identity(self):
+        name, sha = backbone_identity(self.model)
+        return {"backbone": name, "backbone_sha256": sha}
 
-    def _to_file(self):
-        """Only the learner's parameters (a few KB for a shared context), the
-        hyper-parameters and the backbone's name and SHA-256."""
-        meta, arrays = super()._to_file()
-        meta["backbone"], meta["backbone_sha256"] = backbone_identity(self.model)
-        return meta, arrays
-
-    def _from_file(self, meta, arrays, path):
+    def _check_identity(self, recorded, path):
         if self.model is None:
             raise ValueError(f"{path}: loading a {type(self).__name__} needs the CLIP model")
         name, sha = backbone_identity(self.model)
-        if self._check_backbone and sha != meta["backbone_sha256"]:
-            raise ValueError(f"{path}: learned on {meta['backbone']} ({meta['backbone_sha256'][:16]}...), "
+        if sha != recorded["backbone_sha256"]:
+            raise ValueError(f"{path}: learned on {recorded['backbone']} ({recorded['backbone_sha256'][:16]}...), "
                              f"not on this model {name} ({sha[:16]}...)")
-        self._restore_params(meta, arrays)
+
+    def _after_load(self, path):
+        """The prompt table from the model; the saved parameters must fit it."""
+        if self.model is None:
+            raise ValueError(f"{path}: loading a {type(self).__name__} needs the CLIP model")
+        saved = {k: getattr(self, k) for k in self.fitted_spec}
         self._init_state()                  # the shapes this model gives
-        fitted = self._read_fitted(meta, arrays)
-        for k, v in fitted.pop("params_").items():
+        for k, v in saved["params_"].items():
             if k not in self.params_ or self.params_[k].shape != v.shape:
-                raise ValueError(f"{path}: parameter {k} {v.shape} does not fit this model")
-            self.params_[k] = v.astype(np.float32)
-        self.history_ = [tuple(h) for h in fitted.get("history_", [])]
-
-    _check_backbone = True
-
-    def load(self, path, check_backbone: bool = True) -> "CoOp":
-        """Restore a learner saved by ``save`` onto ``self.model``; its
-        hyper-parameters and class names come from the file.
-
-        Parameters: check_backbone: refuse a file learned on another CLIP.
-        Returns: self.  Raises ValueError naming the file.
-        """
-        self._check_backbone = bool(check_backbone)
-        try:
-            return super().load(path)
-        finally:
-            del self._check_backbone
+                raise ValueError(f"{path}: fitted/params_: {k} {v.shape} does not fit this model")
+        if list(saved["params_"]) != list(self.params_):
+            raise ValueError(f"{path}: fitted/params_: holds {list(saved['params_'])}, this learner "
+                             f"{list(self.params_)}")
+        for k, v in saved.items():
+            setattr(self, k, v)
+        self.params_ = OrderedDict((k, v.astype(np.float32)) for k, v in saved["params_"].items())

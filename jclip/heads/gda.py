@@ -19,6 +19,7 @@ import numpy as np
 
 from ..metrics import topk_accuracy
 from .base import Head, as_features, as_labels, check_number, val_split
+from ..file_schema import Array, Float, Maybe
 
 
 def gda_discriminant(x: np.ndarray, y: np.ndarray, num_classes: int):
@@ -50,6 +51,9 @@ class GDA(Head):
     """
 
     _fitted = ("weight_", "bias_", "text_weights_", "alpha_", "logit_scale_")
+    fitted_spec = {"weight_": Array("f", ("C", "D")), "bias_": Array("f", ("C",)),
+                   "text_weights_": Array("f", ("C", "D")), "alpha_": Float(), "logit_scale_": Float(),
+                   "val_accuracy_": Maybe(Float(0, 1))}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None,
                  alphas: Sequence[float] = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0),

@@ -16,6 +16,8 @@ import numpy as np
 
 from ..progress import progress as progress_bar
 from .base import Head, as_features, check_number, softmax
+from ..file_schema import Array, Float, Int
+from .head_file import ArrayDict
 
 
 def sinkhorn(logits: np.ndarray, tau_t: float = 0.01, gamma: float = 0.0, iters: int = 20,
@@ -119,6 +121,8 @@ class InMaP(Head):
     """
 
     _fitted = ("proxies_", "tau_i_")
+    fitted_spec = {"proxies_": Array("f", ("C", "D")), "tau_i_": Float(), "iters_": Int(0),
+                   "snapshots_": ArrayDict(Array("f", ("C", "D")), key=Int(0))}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, lr: float = 10.0, iters: int = 2000,
                  iters_sinkhorn: int = 20, tau_t: float = 0.01, tau_i: float = 0.04, alpha: float = 0.6,

@@ -14,6 +14,8 @@ import scipy.optimize
 
 from ..metrics import topk_accuracy
 from .base import Head, as_features, as_labels, check_number, softmax, val_split
+from ..file_schema import Array, Float
+from .head_file import Pairs
 
 
 def _objective(params, x, y, c, num_classes):
@@ -42,6 +44,8 @@ class LinearProbe(Head):
     """
 
     _fitted = ("weight_", "bias_")
+    fitted_spec = {"weight_": Array("f", ("C", "D")), "bias_": Array("f", ("C",)), "C_": Float(),
+                   "val_scores_": Pairs(Float(), Float(0, 1))}
 
     def __init__(self, Cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0), max_iter: int = 2000,
                  gtol: float = 1e-5, num_classes: Optional[int] = None):

@@ -22,6 +22,7 @@ import scipy.linalg
 
 from ..metrics import topk_accuracy
 from .base import Head, as_features, as_labels, check_number, softmax, val_split
+from ..file_schema import Array, Float, Int, Maybe
 
 
 def lpp_init_weights(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -67,6 +68,10 @@ class LPPlusPlus(Head):
     """
 
     _fitted = ("weight_", "bias_", "alpha_", "text_weights_")
+    fitted_spec = {"weight_": Array("f", ("C", "D")), "bias_": Array("f", ("C",)),
+                   "alpha_": Array("f", ("C",)), "text_weights_": Array("f", ("C", "D")),
+                   "lr_w_": Float(), "lr_alpha_": Float(), "init_alpha_": Float(),
+                   "best_epoch_": Maybe(Int(0)), "val_accuracy_": Maybe(Float(0, 1))}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, epochs: int = 300,
                  momentum: float = 0.9, alpha_every: int = 10, alpha_scale: float = 250.0,

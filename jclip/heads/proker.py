@@ -21,6 +21,7 @@ import scipy.linalg
 
 from ..metrics import topk_accuracy
 from .base import Head, as_features, as_labels, check_number, val_split
+from ..file_schema import Array, Float, Maybe
 
 # the official configs_proker/hyperparameters.json: {shots: (beta, lambda)}
 IMAGENET_HPS = {1: (3.0, 0.05), 2: (2.6, 0.05), 4: (1.5, 0.05), 8: (1.66, 0.07), 16: (1.7, 0.1)}
@@ -50,6 +51,9 @@ class ProKeR(Head):
     """
 
     _fitted = ("support_", "coef_", "text_weights_", "beta_", "lmbda_")
+    fitted_spec = {"support_": Array("f", ("S", "D")), "coef_": Array("f", ("S", "C")),
+                   "text_weights_": Array("f", ("C", "D")), "beta_": Float(), "lmbda_": Float(),
+                   "val_accuracy_": Maybe(Float(0, 1))}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, beta: Optional[float] = None,
                  lmbda: Optional[float] = None, beta_grid: Sequence[float] = (0.5, 3.0, 20),

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
-from .base import read_head_file
+from .head_file import FileFormatError, read_raw
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,13 @@ def load_head(path, model: Optional[Any] = None):
     Returns: the fitted head.  Raises ValueError naming the file when it is
     not a head file or names an unknown head.
     """
-    meta, _ = read_head_file(path)
-    try:
-        spec = spec_of(meta.get("head"))
-    except KeyError:
-        raise ValueError(f"{path}: unknown head class {meta.get('head')!r}") from None
+    if str(path).endswith(".safetensors"):          # ClipFinetune's container
+        spec = HEADS["clip_finetune"]
+    else:
+        meta, _ = read_raw(path)
+        try:
+            spec = spec_of(meta["head"])
+        except KeyError:
+            raise FileFormatError(path, "head", f"unknown head class {meta['head']!r}") from None
     head = spec.cls(model, None) if spec.needs_model else spec.cls()
     return head.load(path)

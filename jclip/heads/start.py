@@ -6,16 +6,13 @@ softmax(logits(x)) of the features being labelled.  A head saved with a
 start head carries it inside its own file (header ``start_head``, arrays
 under ``start/``), so ``load`` needs nothing else.
 """
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import numpy as np
 
 from .base import Head, as_features, softmax
 from .inmap import InMaP
 from .zeroshot import ZeroShot
-
-START_PREFIX = "start/"
-
 
 def start_prototypes(init: Head) -> Optional[np.ndarray]:
     """The (C, D) prototypes a fitted start head offers, or None (use its probabilities)."""
@@ -54,34 +51,3 @@ def start_probabilities(init: Head, x: np.ndarray, num_classes: int, owner: str)
     if p.shape != (x.shape[0], num_classes):
         raise ValueError(f"{owner}: init gives {p.shape[1]} classes, text_weights {num_classes}")
     return softmax(p.copy())
-
-
-def embed_start(init: Optional[Head], meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
-    """Add a start head's own header and arrays to a file being written."""
-    if init is None:
-        return
-    init_meta, init_arrays = init._to_file()
-    meta["start_head"] = dict(init_meta, head=type(init).__name__)
-    arrays.update({START_PREFIX + k: v for k, v in init_arrays.items()})
-
-
-def restore_start(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path: str) -> Optional[Head]:
-    """The start head a file carries (None when it has none)."""
-    info = meta.get("start_head")
-    if info is None:
-        return None
-    from .registry import spec_of      # the registry names every head class
-    try:
-        spec = spec_of(info.get("head"))
-    except KeyError:
-        raise ValueError(f"{path}: unknown start head class {info.get('head')!r}") from None
-    if spec.needs_model:
-        raise ValueError(f"{path}: a {spec.class_name} start head cannot be restored here")
-    head = spec.cls()
-    head._from_file(info, {k[len(START_PREFIX):]: v for k, v in arrays.items()
-                           if k.startswith(START_PREFIX)}, path)
-    missing = [k for k in head._fitted if getattr(head, k, None) is None]
-    if missing:
-        raise ValueError(f"{path}: start head lacks {missing}")
-    return head
-

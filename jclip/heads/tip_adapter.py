@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from ..metrics import topk_accuracy
 from .base import Head, as_features, as_labels, check_number, softmax, val_split
+from ..file_schema import Array, Float, Maybe
 
 
 def search_grid(scale: float, steps: int) -> np.ndarray:
@@ -36,6 +37,9 @@ class TipAdapter(Head):
     """
 
     _fitted = ("keys_", "key_labels_", "text_weights_", "beta_", "alpha_", "logit_scale_")
+    fitted_spec = {"keys_": Array("f", ("N", "D")), "key_labels_": Array("i", ("N",)),
+                   "text_weights_": Array("f", ("C", "D")), "beta_": Float(), "alpha_": Float(),
+                   "logit_scale_": Float(), "val_accuracy_": Maybe(Float(0, 1))}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, beta_scale: float = 7.0,
                  beta_steps: int = 200, alpha_scale: float = 3.0, alpha_steps: int = 20,

@@ -38,8 +38,10 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 from .base import Head, as_features, as_labels, check_number, softmax, val_split
+from ..file_schema import Array
+from .head_file import MaybeArray
 from .knn_graph import knn_matrix, top_neighbours
-from .start import check_start, embed_start, restore_start, start_probabilities
+from .start import check_start, start_probabilities
 
 LOGIT_SCALE = 100.0          # the start logits 100 x . p
 Z_TEMPERATURE = 50.0         # z update: exp(L / 50 + graph term)
@@ -81,7 +83,13 @@ class TransCLIP(Head):
     """
 
     _fitted = ("text_weights_",)
-    _unsaved_params = ("init",)
+    fitted_spec = {"text_weights_": Array("f", ("C", "D")),
+                   "start_prototypes_": MaybeArray(Array("f", ("C", "D"))),
+                   "support_": MaybeArray(Array("f", ("S", "D"))),
+                   "support_labels_": MaybeArray(Array("i", ("S",))),
+                   "val_features_": MaybeArray(Array("f", ("V", "D"))),
+                   "val_labels_": MaybeArray(Array("i", ("V",)))}
+    _head_params = ("init",)          # the start head travels inside the file
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, init: Optional[Head] = None,
                  gammas: Sequence[float] = (0.002, 0.01, 0.02, 0.2), lambda_zs: float = 1.0,
@@ -264,17 +272,6 @@ class TransCLIP(Head):
         """(N, C) log z (floored at the dtype's smallest normal number)."""
         z = self.predict_proba(features)
         return np.log(np.maximum(z, np.finfo(z.dtype).tiny))
-
-    # -- files -------------------------------------------------------------
-    def _to_file(self):
-        meta, arrays = super()._to_file()
-        embed_start(self.init, meta, arrays)
-        return meta, arrays
-
-    def _from_file(self, meta, arrays, path):
-        super()._from_file(meta, {k: v for k, v in arrays.items() if not k.startswith("start/")}, path)
-        self.init = restore_start(meta, arrays, path)
-        self._transduction_cache_ = None
 
 
 class TransCLIPZeroShot(TransCLIP):

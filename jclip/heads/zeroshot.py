@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from .base import Head, as_features, check_number, l2_normalize
+from ..file_schema import Array, Float
 from .templates import class_prompts
 
 
@@ -47,6 +48,7 @@ class ZeroShot(Head):
     """
 
     _fitted = ("text_weights_", "logit_scale_")
+    fitted_spec = {"text_weights_": Array("f", ("C", "D")), "logit_scale_": Float()}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, logit_scale: float = 100.0):
         self.text_weights = text_weights

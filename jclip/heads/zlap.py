@@ -23,9 +23,10 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .base import Head, as_features, check_number
+from ..file_schema import Array, Bool
 from .inmap import InMaP
 from .knn_graph import knn_matrix, top_neighbours
-from .start import check_start, embed_start, restore_start
+from .start import check_start
 
 
 def zlap_laplacian(x: np.ndarray, nodes: np.ndarray, k: int, gamma: float, alpha: float,
@@ -64,7 +65,8 @@ class ZLaP(Head):
     """
 
     _fitted = ("nodes_", "scale_sim_")
-    _unsaved_params = ("init",)
+    fitted_spec = {"nodes_": Array("f", ("C", "D")), "scale_sim_": Bool()}
+    _head_params = ("init",)          # the start head travels inside the file
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, init: Optional[Head] = None,
                  k: int = 5, gamma: float = 5.0, alpha: float = 0.3, scale_sim: Optional[bool] = None,
@@ -126,12 +128,3 @@ class ZLaP(Head):
             f, _ = spla.cg(lap, b, rtol=float(p["tol"]), atol=0.0, maxiter=int(p["maxiter"]))
             scores[:, cls] = f[c:]
         return scores
-
-    def _to_file(self):
-        meta, arrays = super()._to_file()
-        embed_start(self.init, meta, arrays)
-        return meta, arrays
-
-    def _from_file(self, meta, arrays, path):
-        super()._from_file(meta, {k: v for k, v in arrays.items() if not k.startswith("start/")}, path)
-        self.init = restore_start(meta, arrays, path)

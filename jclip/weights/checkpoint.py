@@ -27,6 +27,7 @@ from . import pkl as _pkl
 from . import safetensors_io
 from . import torch_legacy, torch_reader
 from .safe_pickle import FormatError
+from ..file_schema import FileFormatError, Int, Record, Sha256, Str, check_value
 from ..io import atomic_open
 
 META_KEY = _pkl.META_KEY             # the meta's key inside a .pkl
@@ -157,11 +158,26 @@ def sniff_format(path):
     raise CheckpointError(f"{path}: {_describe_junk(head)}")
 
 
+# The meta every jclip weights file records, and what a converted model's adds
+# (the other kinds' own fields: finetune/files.py).  Checked on every read.
+WEIGHTS_META = Record({"dtype": Str(choices=["float32", "float16"]), "format": Str(choices=[FORMAT, "jclip"]),
+                       "format_version": Int(FORMAT_VERSION, FORMAT_VERSION)}, extra=True)
+MODEL_META = Record({"model": Str(max_len=200), "architecture": Str(max_len=200), "source_file": Str(),
+                     "source_sha256": Sha256(), "source_format": Str(max_len=64)}, extra=True)
+
+
 def _parse_meta(raw, path):
-    """A stored meta: a dict of str -> str/int, else CheckpointError."""
+    """A stored meta: a dict of str -> str/int under WEIGHTS_META (and
+    MODEL_META for a converted model), else CheckpointError naming the key."""
     if not isinstance(raw, dict) or not all(
             isinstance(k, str) and type(v) in (str, int) for k, v in raw.items()):
         raise CheckpointError(f"{path}: malformed jclip meta (str -> str/int expected)")
+    try:
+        check_value(path, raw, WEIGHTS_META, "jclip_meta")
+        if "architecture" in raw:                      # what convert writes
+            check_value(path, raw, MODEL_META, "jclip_meta")
+    except FileFormatError as e:
+        raise CheckpointError(str(e)) from None
     return dict(raw)
 
 
@@ -176,15 +192,16 @@ def _read_any(path, kind, size):
         obj, stored = safetensors_io.read(path)
         if ST_META_KEY in stored:
             try:
-                meta.update(_parse_meta(json.loads(stored[ST_META_KEY]), path))
+                raw = json.loads(stored[ST_META_KEY])
             except ValueError:
                 raise CheckpointError(f"{path}: malformed jclip meta (not JSON)") from None
+            meta.update(_parse_meta(raw, path))
         meta["format"] = "jclip" if ST_META_KEY in stored else "safetensors"
     else:
         with open(path, "rb") as f:
             obj = _pkl.read_pkl(f, size)
         stored = obj.get(META_KEY) if isinstance(obj, dict) else None
-        if stored is not None:
+        if stored:
             meta.update(_parse_meta(stored, path))
         meta["format"] = "jclip" if stored else "pickle"
     return obj, meta

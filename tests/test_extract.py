@@ -176,7 +176,7 @@ def test_another_model_or_setting_is_refused_and_float16_is_the_cast(collection,
     r = extract(*args(weights, images, out, "--dtype", "float16"), check=False)
     assert r.returncode == 1 and "holds other features (dtype differ" in r.stderr and "use another --out" in r.stderr
     r = extract(*args(weights, str(root / "nothing"), tmp_path / "x"), check=False)
-    assert r.returncode == 1 and "nothing: no such folder or list file" in r.stderr
+    assert r.returncode == 2 and "nothing: no such folder or list file" in r.stderr    # a usage error
     half = tmp_path / "half"
     extract(*args(weights, images, half, "--dtype", "float16"))
     f16 = np.load(half / "shard-00000.npy")

@@ -192,6 +192,33 @@ def load_dataset(data: Optional[str] = None, train: Optional[str] = None, test: 
     return Dataset(names, train_paths, y[:n], test_paths, y[n:])
 
 
+def keep_readable(what: str, paths: Sequence[str], labels: np.ndarray, features: np.ndarray,
+                  errors: Optional[Dict[str, str]] = None) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """(paths, labels, features) without the images that could not be decoded
+    (zero feature rows; real features are unit length), each reported on
+    stderr with its reason (``errors``: path -> why), then their count, as the
+    pipeline reports unreadable images.  ``what`` names the split."""
+    features = np.asarray(features)
+    ok = np.any(features != 0, axis=1)
+    if ok.all():
+        return list(paths), labels, features
+    errors = errors or {}
+    for i in np.flatnonzero(~ok):
+        why = errors.get(paths[i]) or errors.get(os.path.abspath(paths[i]))
+        print(f"warning: {paths[i]}: unreadable image" + (f" ({why.split(': ', 1)[-1]})" if why else "")
+              + "; skipped", file=sys.stderr)
+    print(f"{what}: {int((~ok).sum())} unreadable image(s) skipped", file=sys.stderr)
+    return [p for p, k in zip(paths, ok) if k], np.asarray(labels)[ok], features[ok]
+
+
+def check_every_class(what: str, labels: np.ndarray, class_names: Sequence[str]) -> None:
+    """DatasetError naming the classes of ``what`` left without an image."""
+    missing = sorted(set(range(len(class_names))) - set(np.asarray(labels).tolist()))
+    if missing:
+        raise DatasetError(f"{what}: no readable image for class(es) "
+                           f"{', '.join(class_names[i] for i in missing[:5])}")
+
+
 def check_classes_for(what: str, class_names: Sequence[str], at_least: int) -> None:
     """DatasetError unless there are ``at_least`` classes for ``what``."""
     if len(class_names) < at_least:

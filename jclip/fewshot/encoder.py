@@ -33,6 +33,7 @@ class CachedEncoder:
         self.model, self.preprocess = load(model_name, device=device)
         self.name, self.sha = self.model.name, weights_sha256(self.model)
         self.cache_dir, self.batch_size, self.progress = cache_dir, batch_size, progress
+        self.errors = {}        # path -> why it could not be decoded (this run's encodes)
         self.given = bool(features)
         if self.given and distributed.is_root():     # the folder must hold this model's features
             from ..extract import load_features_for
@@ -41,9 +42,11 @@ class CachedEncoder:
             self.features = None
 
     def images(self, paths: Sequence[str]) -> Optional[np.ndarray]:
-        """(N, D) normalised features of image files (cached; unreadable files
-        raise); under mpirun None on the ranks other than 0."""
-        from ..features.encode import encode_image_files
+        """(N, D) normalised features of image files (cached); an unreadable
+        file's row is zero, as in the pipeline (``datasets.keep_readable``
+        drops and reports it); under mpirun None on the ranks other than 0."""
+        from ..data.images import iter_batches
+        from ..features.encode import encode_images
         from ..features.cache import encode_images_cached
         paths = list(paths)
         if self.given:       # nothing to encode: rank 0 reads the rows
@@ -51,8 +54,12 @@ class CachedEncoder:
         alone = distributed.world_size() == 1
 
         def encode(chunk):
-            return encode_image_files(self.model, chunk, self.preprocess, self.batch_size,
-                                      strict=True, progress=False)[0]
+            out = np.zeros((len(chunk), int(self.model.text_projection.shape[1])), np.float32)
+            for idx, batch, errs in iter_batches(chunk, self.preprocess, self.batch_size):
+                if len(idx):
+                    out[idx] = encode_images(self.model, batch, self.batch_size)
+                self.errors.update(errs)
+            return out
 
         def cached(encoder):
             # under mpirun the cache hands over what it lacks as one list, which
@@ -64,13 +71,13 @@ class CachedEncoder:
 
     def _given_rows(self, paths: Sequence[str]) -> np.ndarray:
         """The rows of ``paths`` in the features folder (FeaturesError for a
-        path it lacks or an image it could not read)."""
-        from ..extract import FeaturesError
+        path it lacks); an image it could not read has a zero row."""
         rows, readable = self.features.rows(paths)
-        if not readable.all():
-            raise FeaturesError(f"{paths[int(np.flatnonzero(~readable)[0])]}: unreadable image "
-                                "(a zero row in the features folder)")
-        return np.asarray(rows, np.float32)
+        rows = np.array(rows, np.float32)
+        rows[~np.asarray(readable, bool)] = 0
+        for i in np.flatnonzero(~np.asarray(readable, bool)):
+            self.errors[paths[int(i)]] = "unreadable when the features folder was made"
+        return rows
 
     def text_weights(self, class_names: Sequence[str],
                      templates: Union[str, Sequence[str]]) -> Optional[np.ndarray]:

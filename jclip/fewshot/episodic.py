@@ -18,6 +18,7 @@ episode takes its columns (a CoCoOp logit depends only on its own image and
 class, so this equals scoring the episode alone).
 """
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -27,7 +28,7 @@ from .. import distributed
 from ..heads import HEADS, l2_normalize
 from ..heads.episodes import check_episode_data, sample_episode
 from ..metrics import mean_ci95, topk_accuracy
-from .datasets import ClassSplits
+from .datasets import ClassSplits, Split, check_every_class, keep_readable
 
 EPISODIC_METHODS = ("coop", "cocoop")
 
@@ -78,6 +79,23 @@ def evaluate(features: np.ndarray, labels: np.ndarray, text_logits: Mapping[str,
     return rows
 
 
+def readable_splits(tr: Split, train_x, te: Split, test_x, val, errors=None):
+    """The splits (and the val features) without their unreadable images
+    (reported, counted); DatasetError when a class is left without one."""
+    out = []
+    for what, split, x in (("train classes", tr, train_x), ("test classes", te, test_x)):
+        paths, labels, x = keep_readable(f"{what} ({split.source})", split.paths, split.labels, x, errors)
+        check_every_class(f"{what} ({split.source})", labels, split.class_names)
+        out += [Split(split.source, split.class_names, paths, labels), x]
+    if val is not None:
+        x, labels = val
+        ok = np.any(np.asarray(x) != 0, axis=1)
+        if not ok.all():
+            print(f"val classes: {int((~ok).sum())} unreadable image(s) skipped", file=sys.stderr)
+        val = (x[ok], labels[ok])
+    return (*out, val)
+
+
 def run_episodic(splits: ClassSplits, backbone, methods: Sequence[str], seeds: Sequence[int],
                  episode: Any = "5-way 1-shot", eval_way: Optional[int] = None, support: int = 1,
                  query: Optional[int] = None, eval_episodes: int = 5, val_per_class: Optional[int] = 10,
@@ -107,6 +125,7 @@ def run_episodic(splits: ClassSplits, backbone, methods: Sequence[str], seeds: S
         val = (backbone.images([va.paths[i] for i in keep]), va.labels[keep])
     text_weights = backbone.text_weights(te.class_names, templates)
     distributed.leave()         # under mpirun: the other ranks end here, rank 0 trains
+    tr, train_x, te, test_x, val = readable_splits(tr, train_x, te, test_x, val, getattr(backbone, "errors", None))
     zero = 100.0 * test_x @ text_weights.T
     rows = []
     for seed in seeds:

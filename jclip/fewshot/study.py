@@ -22,7 +22,7 @@ import numpy as np
 from .. import distributed
 from ..heads import HEADS
 from ..metrics import accuracies
-from .datasets import Dataset, DatasetError, sample_shots
+from .datasets import Dataset, DatasetError, check_every_class, keep_readable, sample_shots
 
 # every head that learns from labelled shots (InMaP is transductive: not a few-shot method)
 METHODS = tuple(name for name, spec in HEADS.items() if not spec.transductive)
@@ -96,6 +96,15 @@ def harmonic(a: float, b: float) -> float:
     return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
+def readable_part(ds: Dataset, train_x: np.ndarray, test_x: np.ndarray, errors=None):
+    """(ds, train_x, test_x) without the unreadable images (reported, counted);
+    DatasetError when a class is left without a training image."""
+    train_paths, train_y, train_x = keep_readable("train", ds.train_paths, ds.train_labels, train_x, errors)
+    test_paths, test_y, test_x = keep_readable("test", ds.test_paths, ds.test_labels, test_x, errors)
+    check_every_class("train", train_y, ds.class_names)
+    return Dataset(ds.class_names, train_paths, train_y, test_paths, test_y), train_x, test_x
+
+
 def run_study(ds: Dataset, backbone, methods: Sequence[str], shots_list: Sequence[int],
               seeds: Sequence[int], templates: str = "imagenet7", base_to_new: bool = False,
               params: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -119,11 +128,12 @@ def run_study(ds: Dataset, backbone, methods: Sequence[str], shots_list: Sequenc
     params = dict(params or {})
     train_x = backbone.images(ds.train_paths)
     test_x = backbone.images(ds.test_paths)
-    # heads that fit on images get the files themselves (decoded per batch)
-    train_files, test_files = np.array(ds.train_paths, dtype=object), np.array(ds.test_paths, dtype=object)
     names = ds.class_names
     text = backbone.text_weights(names, templates)
     distributed.leave()         # under mpirun: the other ranks end here, rank 0 fits the heads
+    ds, train_x, test_x = readable_part(ds, train_x, test_x, getattr(backbone, "errors", None))
+    # heads that fit on images get the files themselves (decoded per batch)
+    train_files, test_files = np.array(ds.train_paths, dtype=object), np.array(ds.test_paths, dtype=object)
     c = len(names)
     if base_to_new:
         if c < 2:

@@ -9,7 +9,7 @@ on any error nothing is left at the output.
 import os
 from typing import Callable
 
-from ..catalog import HUB_FILES, StateDictError, open_clip_card, prepare_state_dict, unbuildable_reason
+from ..catalog import StateDictError, cards, open_clip_card, prepare_state_dict, unbuildable_reason
 from ..catalog import sources
 from ..io import sha256_file
 from . import download as dl
@@ -98,8 +98,9 @@ def _up_to_date_offline(out: str, dtype: str, force: bool, ok: Callable[[dict], 
 def _convert_open_clip(name, src_dir, out_dir, dtype, force, allow_download, progress, log, fmt,
                        timeout, max_time):
     """convert_model's step for an open_clip model ("ViT-B-32/laion2b_s34b_b79k"):
-    the hub file (downloaded when ``src_dir`` has none), checked against the
-    SHA-256 the hub publishes."""
+    a hub file put in ``src_dir`` by hand, else the one in the Hugging Face
+    cache (downloaded there when missing and allowed; nothing is copied into
+    ``src_dir``), checked against the SHA-256 the hub publishes."""
     card = open_clip_card(name)
     if card is None:
         raise CheckpointError(unbuildable_reason(name) or f"{name}: not an open_clip model jclip knows")
@@ -109,10 +110,7 @@ def _convert_open_clip(name, src_dir, out_dir, dtype, force, allow_download, pro
         # Offline the hub's hash is not known, so the model recorded in the output is what counts.
         if _up_to_date_offline(out, dtype, force, lambda m: m.get("model") == name, log):
             return "skipped"
-        if not allow_download:
-            raise CheckpointError(f"{os.path.join(src_dir, card.weights_stem, HUB_FILES[0])}: "
-                                  "missing (and --no-download given)")
-        src, sha = hub.fetch(card, src_dir, progress, timeout, max_time, log)
+        src, sha = hub.fetch(card, progress, timeout, max_time, log, allow_download=allow_download)
     else:
         sha = sha256_file(src)
     return _convert_unless_current(src, out, sha, name, dtype, force, fmt, log, src)
@@ -144,6 +142,7 @@ def convert_model(name, src_dir, out_dir, dtype, force=False, allow_download=Tru
             raise CheckpointError(f"{src}: missing (and --no-download given)")
         log(f"downloading {url} -> {src}")
         # Without a published hash, at least refuse an error page or a truncated archive before keeping it.
+        card = cards().get(name)
         dl.download(url, src, sha256=expected, verify=sniff_format, progress=progress, timeout=timeout,
-                    max_time=max_time)
+                    max_time=max_time, max_bytes=dl.size_limit(card) if card else None)
     return convert_one(src, out, name, dtype, force, expected, log)

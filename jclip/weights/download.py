@@ -2,18 +2,24 @@
 content) before it is renamed, resumed when a killed process left one,
 refused while another process holds it, with stall and total time limits.
 
-Where each model's original lives and what it must hash to is the
-catalogue's (``jclip.catalog.sources``).
+A body never runs past the size the server announces (http.client stops
+at Content-Length), nor past ``max_bytes`` (``size_limit``: what a checkpoint
+of the card's architecture can hold) when the server announces none.  Where
+each model's original lives and what it must hash to is the catalogue's
+(``jclip.catalog.sources``); open_clip's files come through ``huggingface_hub``
+(``hub.py``).
 """
 import contextlib
 import hashlib
 import http.client
+import math
 import os
 import socket
 import time
 import urllib.error
 import urllib.request
 
+from ..catalog import ModelCard, state_dict_layout
 from ..io import removed_on_signal
 from .checkpoint import CheckpointError
 
@@ -28,6 +34,16 @@ class _PartBusy(DownloadError):
 
 STALL_TIMEOUT = 60      # seconds without a byte before a download fails
 MAX_TIME = 6 * 3600     # seconds a whole download may take
+
+
+def size_limit(card: ModelCard):
+    """The most bytes an honest checkpoint of ``card``'s architecture takes:
+    twice its float32 parameters (room for a second copy, e.g. EMA weights)
+    plus 64 MiB of container, code and metadata; None without an architecture."""
+    if card.architecture is None:
+        return None
+    params = sum(math.prod(shape) for shape in state_dict_layout(card.architecture).values())
+    return 2 * 4 * params + (64 << 20)
 
 
 def _lock_part(f, part):
@@ -57,7 +73,7 @@ def _open_transfer(url, have, stall):
 
 
 def download(url, dest, sha256=None, verify=None, progress=True,
-             timeout=STALL_TIMEOUT, max_time=MAX_TIME):
+             timeout=STALL_TIMEOUT, max_time=MAX_TIME, max_bytes=None):
     """Fetch ``url`` to ``dest`` through ``dest + ".part"``; returns the
     file's SHA-256.
 
@@ -65,7 +81,8 @@ def download(url, dest, sha256=None, verify=None, progress=True,
     ``sha256`` (when given) and passed ``verify(part_path)`` (when given; it
     raises CheckpointError to reject, e.g. an HTML error page).  A transfer
     with no byte for ``timeout`` seconds, or longer than ``max_time`` seconds
-    in all, fails.  On any failure, and on SIGTERM/SIGINT, the ``.part`` is
+    in all, fails, and so does one announcing or sending more than
+    ``max_bytes`` (when given).  On any failure, and on SIGTERM/SIGINT, the ``.part`` is
     removed and DownloadError raised; a ``.part`` left by a process that was
     killed outright is resumed (HTTP Range) or restarted.
     """
@@ -76,7 +93,7 @@ def download(url, dest, sha256=None, verify=None, progress=True,
     os.makedirs(folder, exist_ok=True)
     started = time.monotonic()
     try:
-        return _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, started)
+        return _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, started, max_bytes)
     except BaseException:
         if made:
             with contextlib.suppress(OSError):
@@ -84,7 +101,7 @@ def download(url, dest, sha256=None, verify=None, progress=True,
         raise
 
 
-def _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, started):
+def _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, started, max_bytes=None):
     """download()'s body: the .part written, checked and renamed (see there)."""
     from ..progress import progress as progress_bar
 
@@ -104,6 +121,9 @@ def _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, star
                     have, h = 0, hashlib.sha256()
                 total = resp.headers.get("Content-Length")
                 total = have + int(total) if total and total.isdigit() else None
+                if max_bytes is not None and total is not None and total > max_bytes:
+                    raise DownloadError(f"{dest}: {url} announces {total} bytes, more than the "
+                                        f"{max_bytes} this checkpoint can hold; not downloaded")
                 got = have
                 with progress_bar(total=total, initial=have, unit="B", unit_scale=True,
                                   enabled=progress, desc=os.path.basename(dest)) as bar:
@@ -121,6 +141,9 @@ def _transfer(url, dest, part, sha256, verify, progress, timeout, max_time, star
                         f.write(block)
                         h.update(block)
                         got += len(block)
+                        if max_bytes is not None and got > max_bytes:
+                            raise DownloadError(f"{dest}: {url} sent more than the {max_bytes} bytes "
+                                                f"this checkpoint can hold; refused after {got} bytes")
                         bar.update(len(block))
                         if time.monotonic() - started > max_time:
                             raise DownloadError(

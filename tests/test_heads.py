@@ -291,6 +291,23 @@ def test_linear_probe_matches_sklearn_optimum():
     np.testing.assert_allclose(head.bias_, ref.intercept_, atol=1e-3)
 
 
+@pytest.mark.parametrize("classes,c", [(2, 3.0), (2, 200.0), (5, 3.0), (5, 200.0)])
+def test_linear_probe_is_the_objectives_optimum(classes, c):
+    """The fitted (W, b) is a stationary point of C * sum CE + ||W||^2 / 2
+    (b not penalised), its gradient taken by torch in float64: two classes
+    (scikit-learn's one-row fit, mapped back) and several."""
+    rng, x, y, _ = small_problem(12, n=60, c=classes, d=8)
+    head = LinearProbe(Cs=[c], gtol=1e-9).fit(x, y)
+    w = torch.tensor(head.weight_, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(head.bias_, dtype=torch.float64, requires_grad=True)
+    z = torch.from_numpy(x) @ w.T + b
+    loss = c * torch.nn.functional.cross_entropy(z, torch.from_numpy(y), reduction="sum") + 0.5 * (w * w).sum()
+    loss.backward()
+    scale = c * len(y)      # the gradient's size at W = 0
+    assert float(w.grad.abs().max()) < 1e-5 * scale and float(b.grad.abs().max()) < 1e-5 * scale
+    assert np.abs(head.weight_).max() > 0.1        # not the trivial point
+
+
 def test_combine_weighted_logits_and_probs():
     rng = np.random.default_rng(9)
     a, b = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))

@@ -1,36 +1,24 @@
-"""Linear probe: multinomial logistic regression on frozen normalised features.
+"""Linear probe: multinomial logistic regression on frozen normalised
+features, solved by scikit-learn's ``LogisticRegression`` (L-BFGS), as in
+the CLIP paper's linear-probe evaluation.
 
-Objective (scikit-learn's convention, so C means the same thing):
+Objective:
     C * sum_i CE(W f_i + b, y_i) + ||W||^2 / 2      (b not penalised)
-solved full-batch with scipy's L-BFGS-B on the analytic gradient, to a
-gradient tolerance, warm-started along the C sweep (smallest C first).
-C is chosen on an explicit validation split.
+(scikit-learn minimises it divided by C * n), to a gradient tolerance,
+warm-started along the C sweep (smallest C first).  Two classes are solved
+as one logistic regression with 2C and split evenly between the two rows,
+which is the same optimum of the same objective.  C is chosen on an
+explicit validation split.
 """
 import warnings
 from typing import Optional, Sequence
 
 import numpy as np
-import scipy.optimize
 
 from ..metrics import topk_accuracy
-from .base import Head, as_features, as_labels, check_number, softmax, val_split
+from .base import Head, as_features, as_labels, check_number, val_split
 from ..file_schema import Array, Float
 from .head_file import Pairs
-
-
-def _objective(params, x, y, c, num_classes):
-    dim = x.shape[1]
-    w = params[:num_classes * dim].reshape(num_classes, dim)
-    b = params[num_classes * dim:]
-    z = x @ w.T + b
-    zmax = z.max(axis=1, keepdims=True)
-    lse = zmax[:, 0] + np.log(np.exp(z - zmax).sum(axis=1))
-    loss = c * (lse - z[np.arange(len(y)), y]).sum() + 0.5 * np.einsum("ij,ij->", w, w)
-    g = softmax(z)
-    g[np.arange(len(y)), y] -= 1.0
-    grad_w = c * (g.T @ x) + w
-    grad_b = c * g.sum(axis=0)
-    return loss, np.concatenate([grad_w.ravel(), grad_b])
 
 
 class LinearProbe(Head):
@@ -38,7 +26,9 @@ class LinearProbe(Head):
 
     Parameters: Cs: the inverse regularisation strengths tried (smallest
     first, warm-started); without a validation split Cs must hold one C.
-    max_iter, gtol: L-BFGS-B's limits.  num_classes: inferred as
+    max_iter: L-BFGS iterations per C; gtol: the largest gradient entry of
+    the objective above at which it stops (scikit-learn's ``tol`` is
+    gtol / (C n), its objective being this one over C n).  num_classes: inferred as
     max(label) + 1 when None (the labels must then cover every class).
     Fitted: weight_ (C, D), bias_ (C,), C_, val_scores_ {C: accuracy}.
     """
@@ -54,17 +44,24 @@ class LinearProbe(Head):
         self.gtol = gtol
         self.num_classes = num_classes
 
-    def _solve(self, x, y, c, num_classes, start, max_iter, gtol):
-        res = scipy.optimize.minimize(
-            _objective, start, args=(x, y, c, num_classes), jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": max_iter, "gtol": gtol, "ftol": 0.0})
-        grad_norm = float(np.abs(res.jac).max())
-        if not res.success and grad_norm > gtol * max(1.0, c):
-            warnings.warn(f"LinearProbe: C={c} stopped after {res.nit} iterations "
-                          f"with gradient {grad_norm:.3g} ({res.message})",
-                          RuntimeWarning, stacklevel=3)
-        return res.x
+    @staticmethod
+    def _solve(model, x, y, c, num_classes, gtol):
+        """(W, b) at the optimum for C = c; ``model`` (warm-started) keeps the last solution."""
+        from sklearn.exceptions import ConvergenceWarning
+
+        binary = num_classes == 2     # scikit-learn fits one row: the same optimum with 2C, halved
+        c_fit = 2 * c if binary else c
+        model.set_params(C=c_fit, tol=gtol / (c_fit * len(y)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(x, y)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            warnings.warn(f"LinearProbe: C={c} stopped after {int(np.max(model.n_iter_))} iterations "
+                          "before its gradient tolerance", RuntimeWarning, stacklevel=3)
+        w, b = np.ascontiguousarray(model.coef_), np.ascontiguousarray(model.intercept_)   # as a loaded file's
+        if binary:
+            w, b = np.concatenate([-w, w]) / 2, np.concatenate([-b, b]) / 2
+        return w, b
 
     def check_params(self):
         """The C grid (sorted) and the solver's limits, checked (see ``Head.check_params``)."""
@@ -97,13 +94,15 @@ class LinearProbe(Head):
         vx, vy = val_split(val_features, val_labels, x.shape[1], num_classes, np.float64)
         if vx is None and len(Cs) > 1:
             raise ValueError("choosing C needs a validation split (val_features, val_labels)")
-        dim = x.shape[1]
-        params = np.zeros(num_classes * (dim + 1))
+        if num_classes > 1:
+            from sklearn.linear_model import LogisticRegression
+            model = LogisticRegression(max_iter=max_iter, warm_start=True)
         best_acc, self.val_scores_ = -1.0, {}
         for c in Cs:
-            params = self._solve(x, y, c, num_classes, params, max_iter, gtol)
-            w = params[:num_classes * dim].reshape(num_classes, dim)
-            b = params[num_classes * dim:]
+            if num_classes == 1:      # nothing to separate: the loss is ||W||^2 / 2, so W = 0 (and b = 0)
+                w, b = np.zeros((1, x.shape[1])), np.zeros(1)
+            else:
+                w, b = self._solve(model, x, y, c, num_classes, gtol)
             acc = topk_accuracy(vx @ w.T + b, vy) if vx is not None else 0.0
             self.val_scores_[c] = acc
             if acc > best_acc:

@@ -298,7 +298,8 @@ def failures_end_the_run() -> Iterator[None]:
         end_run(text[len("error: "):] if text.startswith("error: ") else text,
                   e.code if isinstance(e.code, int) else 1)
     except BaseException as e:    # noqa: B902  (KeyboardInterrupt too: stop every rank)
-        traceback.print_exc()
+        if os.environ.get("JCLIP_TRACEBACK") == "1":   # as jclip.commands.run: one line unless asked
+            traceback.print_exc()
         end_run(f"{type(e).__name__}: {e}", 1)
 
 

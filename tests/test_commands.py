@@ -477,3 +477,14 @@ def test_fewshot_a_class_with_no_readable_image_is_one_line(tmp_path, capsys, ti
     status, err = run_in_process(capsys, "fewshot", _fewshot(tmp_path, data, tiny_model, "--test-fraction", "0.5"))
     line = [x for x in err.splitlines() if x.startswith("error:")]
     assert status == 2 and "Traceback" not in err and len(line) == 1 and "no readable image for class(es) blue" in line[0]
+
+
+@pytest.mark.parametrize("models", [["ViT-B/32", "no-such-model"], ["ViT-L-14/no_such_tag"]])
+def test_convert_refuses_an_unknown_model_name_before_any_work(tmp_path, capsys, models):
+    # every --models name is checked first: the known one is not downloaded
+    # or converted while the unknown one waits for its turn
+    src, out = tmp_path / "src", tmp_path / "out"
+    status = COMMANDS["convert"].main(["--models", *models, "--src", str(src), "--out-dir", str(out)])
+    line = one_error_line(capsys.readouterr().err)
+    assert status == 2 and models[-1] in line and "unknown model" in line
+    assert not src.exists() and not out.exists()

@@ -7,9 +7,10 @@ keys show (``jclip.catalog.prepare_state_dict``) before anything is written;
 on any error nothing is left at the output.
 """
 import os
-from typing import Callable
+from typing import Callable, Optional
 
-from ..catalog import StateDictError, cards, open_clip_card, prepare_state_dict, unbuildable_reason
+from ..catalog import (StateDictError, cards, get_card, open_clip_card, prepare_state_dict, state_dict_layout,
+                       unbuildable_reason)
 from ..catalog import sources
 from ..io import sha256_file
 from . import download as dl
@@ -32,12 +33,16 @@ def is_up_to_date(out, source_sha256, dtype="float32", fmt=None):
         sniff_format(out)[0] == want
 
 
-def convert_checkpoint(src, out, model=None, dtype="float32", source_sha256=None, fmt=None):
+def convert_checkpoint(src, out, model=None, dtype="float32", source_sha256=None, fmt=None,
+                       check_name=True):
     """Convert the checkpoint ``src`` into the jclip file ``out``; returns the
     meta written.  ``model`` names the model in the meta (default: the source
     file's stem, or the model recorded in a jclip source); ``fmt`` as for
     ``save_state_dict``.  On any error (unreadable, hostile, NaN/Inf,
-    unknown architecture, a tensor that does not fit) nothing is left at ``out``."""
+    unknown architecture, a tensor that does not fit) nothing is left at ``out``.
+    check_name: a ``model`` the catalogue knows must have its card's layout
+    (``check_fits_card``); named downloads pass False, their identity being
+    the hash they were fetched and checked by."""
     src, out = os.fspath(src), os.fspath(out)
     sha = source_sha256 or sha256_file(src)
     state_dict, src_meta = read_state_dict(src)
@@ -45,6 +50,8 @@ def convert_checkpoint(src, out, model=None, dtype="float32", source_sha256=None
         arch, state_dict = prepare_state_dict(state_dict, src)
     except StateDictError as e:
         raise CheckpointError(str(e)) from None
+    if model is not None and check_name:
+        check_fits_card(state_dict, model, src)
     meta = {
         "model": model or src_meta.get("model") or os.path.splitext(os.path.basename(src))[0],
         "architecture": arch,
@@ -56,6 +63,30 @@ def convert_checkpoint(src, out, model=None, dtype="float32", source_sha256=None
         return save_state_dict(out, state_dict, meta, dtype=dtype, fmt=fmt)
     except ValueError as e:   # e.g. a value overflowing float16
         raise CheckpointError(f"{src}: {e}") from None
+
+
+def check_fits_card(state_dict, name, src) -> None:
+    """CheckpointError naming ``src`` and the first tensor when ``name`` is a
+    model the catalogue knows and the state dict is not its layout (another
+    depth, width or head): identity is checked, not assumed."""
+    try:
+        card = get_card(name)
+    except KeyError:
+        return                                   # a free name ("tiny"): nothing to check against
+    if card.architecture is None:
+        return
+    head = state_dict.get("head.weight")
+    layout = state_dict_layout(card.architecture, int(head.shape[0]) if head is not None else 0) \
+        if card.family == "convnextv2" else state_dict_layout(card.architecture)
+    for key, shape in layout.items():
+        if key not in state_dict:
+            raise CheckpointError(f"{src}: does not fit {name}: no {key} (is it a {name} checkpoint?)")
+        if tuple(state_dict[key].shape) != tuple(shape):
+            raise CheckpointError(f"{src}: does not fit {name}: {key} has shape {tuple(state_dict[key].shape)}, "
+                                  f"{name} has {tuple(shape)}")
+    extra = [k for k in state_dict if k not in layout]
+    if extra:
+        raise CheckpointError(f"{src}: does not fit {name}: {extra[0]} is not a tensor of {name}")
 
 
 def convert_one(src, out, model, dtype, force, expected_sha=None, log: Log = print, fmt=None):
@@ -76,7 +107,7 @@ def _convert_unless_current(src, out, sha, model, dtype, force, fmt, log: Log, s
         log(f"{out}: up to date (source {shown}, sha256 {sha[:12]}...)")
         return "skipped"
     log(f"{src} -> {out} ({dtype})")
-    convert_checkpoint(src, out, model=model, dtype=dtype, source_sha256=sha, fmt=fmt)
+    convert_checkpoint(src, out, model=model, dtype=dtype, source_sha256=sha, fmt=fmt, check_name=False)
     return "converted"
 
 
@@ -84,6 +115,22 @@ def is_open_clip_name(name: str) -> bool:
     """True for an open_clip name: one jclip knows, or one whose architecture
     it refuses (``convert_model`` then says why)."""
     return open_clip_card(name) is not None or unbuildable_reason(name) is not None
+
+
+def model_name_problem(name: str) -> Optional[str]:
+    """Why ``convert_model(name, ...)`` cannot convert ``name`` (an unknown
+    name, an architecture jclip refuses), or None: checked for every name
+    before any work starts."""
+    if open_clip_card(name) is not None:
+        return None
+    reason = unbuildable_reason(name)
+    if reason is not None:
+        return reason
+    try:
+        sources.model_source(name)
+    except KeyError:
+        return f"{name}: unknown model; known: {', '.join(sources.model_urls())}"
+    return None
 
 
 def _up_to_date_offline(out: str, dtype: str, force: bool, ok: Callable[[dict], bool], log: Log) -> bool:

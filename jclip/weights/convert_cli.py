@@ -18,7 +18,7 @@ from ..commands import CommandParser, UsageError, describe, existing_file, posit
 from ..io import sha256_file
 from . import download as dl
 from .checkpoint import FORMATS, CheckpointError, format_for_path
-from .convert import convert_checkpoint, convert_model, is_up_to_date
+from .convert import convert_checkpoint, convert_model, is_up_to_date, model_name_problem
 
 # What one failed model may raise (anything else is a bug and should show).
 FAILURES = (CheckpointError, ValueError, KeyError, OSError)
@@ -110,6 +110,10 @@ def convert(args: argparse.Namespace) -> int:
     else:
         if args.out or args.name:
             raise UsageError("convert.py: --out and --name go with PATH; use --out-dir for models")
+        for name in args.models:        # every name checked before the first download
+            problem = model_name_problem(name)
+            if problem:
+                raise UsageError(f"convert.py: --models {problem}")
         for name in args.models:
             try:
                 convert_model(name, args.src, args.out_dir, dtype,

@@ -135,6 +135,9 @@ def pipeline(tmp_path_factory):
     src, counts = make_checkpoints(str(ckpt))
     n_seen, dogs = len(seen), [i for i, c in enumerate(seen) if c.startswith("Thu-dog_")]
     cfg = json.load(open(os.path.join(REPO, "jclip", "pipeline", "default.json")))
+    # a configuration written before the stage heads existed: the optional `stages`
+    # section and the sweep's head candidates left out (default.json's: InMaP, LP++)
+    del cfg["stages"], cfg["sweep"]["unseen_heads"], cfg["sweep"]["seen_heads"]
     cfg["data"]["root"] = str(data)
     cfg["data"]["lists"] = str(work / "out" / "lists")
     cfg["out_dir"] = str(work / "out")
@@ -190,9 +193,14 @@ def test_split_is_seeded_and_bad_image_replaced(pipeline):
 
 
 def test_result_has_every_image_once_with_five_valid_ids(pipeline):
+    check_result_file(pipeline, pipeline["first"])
+
+
+def check_result_file(pipeline, content):
+    """result.txt: every test image once, in natural order, five distinct ids in range."""
     data, names = pipeline["data"], pipeline["names"]
     files = sorted(os.listdir(data / "TestSetB"), key=natural_key)
-    lines = pipeline["first"].decode().splitlines()
+    lines = content.decode().splitlines()
     assert [l.split(" ")[0] for l in lines] == files       # one line each, in natural order
     for l in lines:
         parts = l.split(" ")
@@ -231,6 +239,21 @@ def test_routing_unseen_only_from_inmap_dogs_only_from_dog_head(pipeline):
 
 def test_test_sh_twice_is_byte_identical(pipeline):
     assert pipeline["first"] == pipeline["second"]
+
+
+def test_test_sh_with_transclip_on_inmap_for_the_unseen_stage(pipeline, tmp_path):
+    """stages.unseen = TransCLIP started from InMaP's proxies: the same trained heads,
+    a valid result.txt; only InMaP-stage images can name an unseen class."""
+    result = tmp_path / "result.txt"
+    r = run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(pipeline["config"]),
+            "--result", str(result), "--set", 'stages.unseen={"head": "transclip", "init": "inmap"}', cwd=REPO)
+    assert "transclip on inmap on 28 images" in r.stdout and "decided by: inmap" in r.stdout
+    check_result_file(pipeline, result.read_bytes())
+    stage = dict(l.split(" ") for l in (pipeline["work"] / "out" / "stages.txt").read_text().splitlines())
+    for line in result.read_text().splitlines():
+        name, *ids = line.split(" ")
+        if int(ids[0]) >= len(pipeline["seen"]):
+            assert stage[name] == "inmap"
 
 
 def test_two_ranks_write_the_same_result(pipeline, mpirun, tmp_path):

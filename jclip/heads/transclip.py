@@ -261,7 +261,9 @@ class TransCLIP(Head):
             diff = s - mu[ys.argmax(axis=1)]
             num = num + shot_w * np.einsum("sd,sd->d", diff, diff)
             den = den + shot_w * ys.sum()
-        return mu, num / den
+        # a dimension every query shares (dead units of a small model) has variance 0: the
+        # floor keeps its 1/var finite (CLIP features sit at ~1/D, far above it)
+        return mu, np.maximum(num / den, np.finfo(x.dtype).eps)
 
     # -- prediction --------------------------------------------------------
     def predict_proba(self, features: np.ndarray) -> np.ndarray:

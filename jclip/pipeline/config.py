@@ -39,7 +39,8 @@ from ..config_schema import (ConfigError, FrozenDict, Schema, blame_override, in
 
 __all__ = ["Config", "ConfigError", "DEFAULT_CONFIG", "load_config", "load_or_exit", "load_for_command",
            "check_class_lists", "config_from_dict", "BackboneSpec", "DataSection", "LPPSection",
-           "InMaPSection", "DogHeadSection", "CascadeSection", "SweepSection", "BudgetSection",
+           "InMaPSection", "DogHeadSection", "CascadeSection", "StageHeadSection", "StagesSection",
+           "SweepSection", "BudgetSection",
            "FrozenDict", "parse_override"]
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.json")
@@ -130,6 +131,26 @@ class CascadeSection:
 
 
 @dataclass(frozen=True)
+class StageHeadSection:
+    """The head of one cascade stage: a method name of ``jclip.heads.HEADS``, the
+    head that starts it (``init``, a method name or null) and its hyper-parameters
+    (``params``; InMaP's and LP++'s are the ``inmap`` and ``lpp`` sections).
+    Which heads and starts can serve which stage: ``pipeline.heads.check_stages``."""
+    head: str
+    init: Optional[str] = setting(optional=True)
+    params: Mapping[str, Any] = setting(optional=True)
+
+
+@dataclass(frozen=True)
+class StagesSection:
+    """The unseen stage's head (over every test class, no shots: InMaP by default)
+    and the seen stage's (fitted on the shots by train.sh: LP++ by default); a
+    stage left out keeps default.json's."""
+    unseen: StageHeadSection = setting(optional=True)
+    seen: StageHeadSection = setting(optional=True)
+
+
+@dataclass(frozen=True)
 class SweepSection:
     """Candidates for ``val.sh sweep``; ``mix_weights`` are the first backbone's weight."""
     templates: Tuple[str, ...] = setting(nonempty=True, optional=True, choices=TEMPLATE_SETS)
@@ -138,6 +159,8 @@ class SweepSection:
     inmap_tau_i: Tuple[float, ...] = setting(nonempty=True, optional=True, gt=0)
     inmap_iters: Tuple[int, ...] = setting(nonempty=True, optional=True, min=1)
     mix_weights: Tuple[float, ...] = setting(nonempty=True, optional=True, min=0, max=1)
+    unseen_heads: Tuple[str, ...] = setting(nonempty=True, optional=True)   # "transclip on inmap"
+    seen_heads: Tuple[str, ...] = setting(nonempty=True, optional=True)
 
 
 @dataclass(frozen=True)
@@ -164,6 +187,7 @@ class Config:
     inmap: InMaPSection = setting()
     dog_head: DogHeadSection = setting()
     cascade: CascadeSection = setting()
+    stages: StagesSection = setting(optional=True)
     sweep: SweepSection = setting(optional=True)
     budget: BudgetSection = setting()
     # not settings: where it came from, the JSON as read (for to_dict), the keys --set gave
@@ -312,6 +336,11 @@ def _cross_checks(cfg: Config) -> None:
     if hi - lo + 1 < casc.topk:
         _fail(cfg, "cascade.dog_range", f"[{lo}, {hi}] holds {hi - lo + 1} classes, fewer than "
                                         f"cascade.topk ({casc.topk}) that the dog head must answer")
+    from .stages import check_stages     # the stage heads (imports jclip.heads only when not the defaults)
+    try:
+        check_stages(cfg)
+    except ValueError as e:
+        raise ConfigError(f"{cfg.path}: {e}") from None
 
 
 def check_class_lists(cfg: Config) -> None:

@@ -1,12 +1,27 @@
-"""The cascade's heads, built from the configuration in one place: LP++ fitted as
-train.sh fits it (the validation report's simulated setup refits it the same
-way), InMaP fitted transductively as test.sh fits it, the trained LP++ heads
-and the ConvNeXt-V2 dog head loaded from train.sh's outputs.
+"""The cascade's heads, built from the configuration in one place: each stage's
+head (``stages`` section: InMaP and LP++ by default) fitted as train.sh / test.sh
+fit it (the validation report's simulated setup refits it the same way), the
+trained seen-stage heads and the ConvNeXt-V2 dog head loaded from train.sh's outputs.
+
+The unseen stage's head runs in test.sh, transductively on the test images; the
+seen stage's is fitted on the shots in train.sh, saved, and loaded by test.sh
+(which heads may serve which stage: ``stages``).  A start head (``init``) is
+fitted with the same data as the stage's head, InMaP and LP++ with their
+sections' settings, any other with its defaults.
 """
+import copy
 import dataclasses
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .stages import TAKES_INIT, StageHead, tuples
+
+
+def _val(val_features, val_labels):
+    if val_features is None or len(val_features) == 0:
+        return None, None
+    return val_features, val_labels
 
 
 def fit_lpp(lcfg, features: np.ndarray, labels: np.ndarray, text: np.ndarray,
@@ -46,6 +61,93 @@ def load_lpp(manifest, key: str):
     """The LP++ head train.sh wrote for backbone ``key``."""
     from ..heads import HEADS
     return HEADS["lpp"].cls().load(manifest["outputs"][f"lpp_{key}"]["path"])
+
+
+# ---------------------------------------------------------------- stage heads
+
+def unseen_head(spec: StageHead, text: np.ndarray, start=None):
+    """The unseen stage's head ``spec`` over (C, D) ``text``, fitted (no shots),
+    on ``start`` (its fitted ``init`` head, or None).  Not for InMaP itself (fit_inmap)."""
+    from ..heads import HEADS
+    params = tuples(spec.params)
+    if spec.head == "zeroshot":
+        return HEADS["zeroshot"].cls(text_weights=text, **params).fit()
+    return HEADS[spec.head].cls(text_weights=text, init=start, **params).fit()
+
+
+def inmap_snapshot(head, iters: int):
+    """An InMaP head as it was after ``iters`` steps (a kept snapshot): a start for
+    TransCLIP / ZLaP whose proxies are those ``logits(x, at_iter=iters)`` uses."""
+    if iters == head.iters_:
+        return head
+    view = copy.copy(head)
+    view.proxies_, view.iters_, view.snapshots_ = head.snapshots_[iters], iters, {}
+    return view
+
+
+def fit_unseen(cfg, features: np.ndarray, text: np.ndarray, spec: Optional[StageHead] = None):
+    """The unseen stage's head (``stages.unseen`` unless ``spec``), fitted transductively
+    on ``features`` (every image it will label); InMaP with the ``inmap`` section."""
+    from ..heads import HEADS
+    spec = spec or StageHead.of(cfg.stages.unseen)
+    if spec.head == "inmap":
+        return fit_inmap(cfg.inmap, features, text)
+    start = None
+    if spec.init == "inmap":
+        start = fit_inmap(cfg.inmap, features, text)
+    elif spec.init == "zeroshot":
+        start = HEADS["zeroshot"].cls(text_weights=text).fit()
+    return unseen_head(spec, text, start)
+
+
+def _fit_plain(name: str, lcfg, features, labels, text, val_features, val_labels, epochs=None):
+    """A seen head without a start: LP++ with its section, any other with its defaults."""
+    from ..heads import HEADS
+    if name == "lpp":
+        return fit_lpp(lcfg, features, labels, text, val_features, val_labels, epochs)
+    vx, vy = _val(val_features, val_labels)
+    return HEADS[name].cls(text_weights=text).fit(features, labels, vx, vy)
+
+
+def fit_seen(cfg, features: np.ndarray, labels: np.ndarray, text: np.ndarray,
+             val_features: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
+             spec: Optional[StageHead] = None, epochs: Optional[int] = None):
+    """The seen stage's head (``stages.seen`` unless ``spec``) fitted on the shots,
+    validation choices on ``val_*``; LP++ (as head or start) with the ``lpp``
+    section (``epochs`` overrides its epochs)."""
+    from ..heads import HEADS
+    spec = spec or StageHead.of(cfg.stages.seen)
+    if spec.init is None and not spec.params:
+        return _fit_plain(spec.head, cfg.lpp, features, labels, text, val_features, val_labels, epochs)
+    start = None if spec.init is None else _fit_plain(spec.init, cfg.lpp, features, labels, text,
+                                                      val_features, val_labels, epochs)
+    kw = {"init": start} if spec.head in TAKES_INIT else {}
+    vx, vy = _val(val_features, val_labels)
+    return HEADS[spec.head].cls(text_weights=text, **kw, **tuples(spec.params)).fit(features, labels, vx, vy)
+
+
+def seen_output(cfg, key: str) -> str:
+    """The manifest ``outputs`` name (and file stem) of the seen head of backbone
+    ``key``: ``lpp_vit`` for LP++, ``gda_vit`` for GDA, ..."""
+    return f"{cfg.stages.seen.head}_{key}"
+
+
+def load_seen(cfg, manifest, key: str):
+    """The seen stage's head train.sh wrote for backbone ``key``."""
+    from ..data.contest import ContestFormatError
+    from ..heads import load_head
+    name = seen_output(cfg, key)
+    trained = manifest.get("seen_head", StageHead("lpp").to_json())     # manifests before stages: LP++
+    if trained != StageHead.of(cfg.stages.seen).to_json():
+        raise ContestFormatError(f"{cfg.path}: `stages.seen` differs from the seen head the heads in "
+                                 f"{cfg.out_dir} were trained with ({StageHead(**trained).describe()}); "
+                                 f"run train.sh with this configuration first")
+    if name not in manifest.get("outputs", {}):
+        raise ContestFormatError(f"{cfg.path}: stages.seen is {cfg.stages.seen.head}, but train.sh wrote no "
+                                 f"{name} head; run train.sh with this configuration first")
+    if cfg.stages.seen.head == "lpp":
+        return load_lpp(manifest, key)
+    return load_head(manifest["outputs"][name]["path"])
 
 
 class DogHead:

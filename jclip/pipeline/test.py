@@ -16,7 +16,7 @@ from ..io import atomic_write_text
 from . import manifest as manifest_file
 from .backbones import encode_backbones, step
 from .cascade import STAGES, Cascade
-from .heads import DogHead, fit_inmap, load_lpp
+from .heads import DogHead, StageHead, fit_unseen, load_seen
 
 
 def write_result(path: str, rows, folder: str, num_classes: int, k: int) -> None:
@@ -59,11 +59,13 @@ def test(cfg, images: Optional[str] = None, classes: Optional[str] = None,
     good = enc.readable
     if not good.any():
         raise ContestFormatError(f"{images}: no test image could be decoded")
-    with step(f"InMaP on {int(good.sum())} images x {len(names)} classes", times):
+    unseen = StageHead.of(cfg.stages.unseen)
+    label = "InMaP" if unseen.head == "inmap" else unseen.describe()
+    with step(f"{label} on {int(good.sum())} images x {len(names)} classes", times):
         # transductive: fitted on the readable images it labels
-        inmap = {key: fit_inmap(cfg.inmap, enc.features[key][good], enc.texts[key][0])
+        inmap = {key: fit_unseen(cfg, enc.features[key][good], enc.texts[key][0])
                  for key in casc.inmap_mix}
-    lpp = {key: load_lpp(manifest, key) for key in casc.lpp_mix}
+    lpp = {key: load_seen(cfg, manifest, key) for key in casc.lpp_mix}
     cascade = Cascade.from_config(cfg, inmap, lpp, len(names), n_seen,
                                   DogHead.from_manifest(cfg, manifest, casc.topk))
     with step("cascade: LP++, routing, dog head", times):

@@ -21,7 +21,7 @@ from ..data.contest import ContestFormatError, read_classes, read_labelled_list,
 from ..io import sha256_file
 from . import manifest as manifest_file
 from .backbones import encode_backbones, relative_to, step
-from .heads import fit_lpp
+from .heads import StageHead, fit_seen, seen_output
 
 Items = List[Tuple[str, int]]
 
@@ -101,17 +101,20 @@ def train(cfg) -> Dict[str, Any]:
         raise ContestFormatError(f"{shots_path}: no readable image for classes {missing[:5]}")
     for key in keys:
         spec, feats = cfg.backbones[key], enc.features[key]
-        with step(f"{key}: LP++ ({cfg.lpp.epochs} epochs)", times):
-            head = fit_lpp(cfg.lpp, feats[:n][keep], y_shots[keep], enc.texts[key][0],
-                           feats[n:][vkeep], y_val[vkeep])
-            path = os.path.join(staging, f"lpp_{key}.npz")
+        seen = StageHead.of(cfg.stages.seen)
+        label = f"LP++ ({cfg.lpp.epochs} epochs)" if seen.head == "lpp" else seen.describe()
+        with step(f"{key}: {label}", times):
+            head = fit_seen(cfg, feats[:n][keep], y_shots[keep], enc.texts[key][0],
+                            feats[n:][vkeep], y_val[vkeep])
+            path = os.path.join(staging, f"{seen_output(cfg, key)}.npz")
             head.save(path)
         acc = getattr(head, "val_accuracy_", None)
-        print(f"    LP++ {spec.model}: validation accuracy "
+        print(f"    {'LP++' if seen.head == 'lpp' else seen.describe()} {spec.model}: validation accuracy "
               + (f"{acc:.4f} on {int(vkeep.sum())} images" if acc is not None else "n/a (no validation list)"))
         manifest["backbones"][key] = {"model": spec.model, "weights": spec.weights,
                                       "source_sha256": enc.sha256[key]}
-        manifest["outputs"][f"lpp_{key}"] = manifest_file.output_entry(
+        manifest["seen_head"] = seen.to_json()
+        manifest["outputs"][seen_output(cfg, key)] = manifest_file.output_entry(
             path, val_accuracy=acc, best_epoch=getattr(head, "best_epoch_", None))
 
     dog = cfg.dog_head

@@ -249,3 +249,172 @@ def test_inmap_stops_after_the_first_unchanged_step_on_any_machine(monkeypatch, 
     assert head.proxies_.tobytes() == p.tobytes()
     assert sorted(head.snapshots_) == keep
     assert all(head.snapshots_[k].tobytes() == ref[k].tobytes() for k in keep)
+
+
+# --------------------------------------------------------------------------
+# Stage heads: the configuration's choice, its checks, and the sweep
+# --------------------------------------------------------------------------
+
+from jclip.pipeline.config import ConfigError  # noqa: E402
+from jclip.pipeline.stages import StageHead  # noqa: E402
+
+TRANSCLIP_ON_INMAP = '{"head": "transclip", "init": "inmap"}'
+
+
+@pytest.mark.parametrize("override, message", [
+    ('stages.unseen.head="gda"', "stages.unseen.head (--set): 'gda' cannot serve the unseen stage (it needs shots"),
+    ('stages.unseen.head="transclp"', "stages.unseen.head (--set): unknown head 'transclp'; did you mean `transclip`?"),
+    ('stages.seen.head="zlap"', "stages.seen.head (--set): 'zlap' cannot serve the seen stage"),
+    ('stages.unseen={"head": "transclip", "init": "lpp"}', "stages.unseen.init: 'lpp' is not a valid start for transclip"),
+    ('stages.unseen={"head": "zlap", "init": "zeroshot", "params": {"alpha": 1.5}}',
+     "stages.unseen.params.alpha: alpha must be in [0, 1), got 1.5"),
+    ('stages.seen={"head": "gda", "params": {"alphas": "x"}}', "stages.seen.params.alphas: "),
+    ('stages.seen={"head": "transclip", "init": "lpp", "params": {"outer_iter": 3}}',
+     "stages.seen.params.outer_iter: TransCLIP has no such hyper-parameter; did you mean `outer_iters`?"),
+    ('stages.unseen={"head": "inmap", "init": "inmap"}', "stages.unseen.init: 'inmap' takes no start head"),
+    ('stages.seen={"head": "lpp", "params": {"epochs": 3}}', "stages.seen.params: lpp's settings are the `lpp` section"),
+    ('stages.unseen={"head": "transclip", "params": {"gammas": []}}', "stages.unseen.params.gammas: gammas must be"),
+    ('sweep.unseen_heads=["inmap", "zlap on lpp"]', "sweep.unseen_heads[1].init: 'lpp' is not a valid start for zlap"),
+    ('sweep.seen_heads=["lpp", "proker on inmap"]', "sweep.seen_heads[1].init: 'proker' takes no start head (heads that take one in the seen stage: transclip)"),
+    ('stages.unseen.init=3', "stages.unseen.init (--set): expected a string, got 3"),
+])
+def test_stage_heads_are_checked_with_the_configuration(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value) and str(e.value).startswith(DEFAULT_CONFIG_PATH + ": ")
+    assert "\n" not in str(e.value)
+
+
+DEFAULT_CONFIG_PATH = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "jclip", "pipeline",
+                                                   "default.json"))
+
+
+def test_a_bad_stage_head_stops_every_command_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    cfg = json.load(open(DEFAULT_CONFIG_PATH))
+    cfg["stages"]["unseen"] = {"head": "ape", "init": None, "params": {}}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(cfg))
+    for cmd in (["jclip.pipeline", "train"], ["jclip.pipeline", "test"], ["jclip.validate", "sweep"]):
+        r = subprocess.run([sys.executable, "-m", *cmd, "--config", str(path)], capture_output=True,
+                           text=True, cwd=os.path.dirname(DEFAULT_CONFIG_PATH) + "/../..", timeout=120)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert r.stderr.strip().splitlines() == [f"error: {path}: stages.unseen.head: 'ape' cannot serve the "
+                                                 f"unseen stage (it needs shots of every class and the unseen "
+                                                 f"classes have none); one of: inmap, transclip, transclip_zs, "
+                                                 f"zlap, zeroshot"]
+
+
+def test_an_old_configuration_without_stages_gets_the_default_heads(tmp_path):
+    cfg = json.load(open(DEFAULT_CONFIG_PATH))
+    del cfg["stages"], cfg["sweep"]["unseen_heads"], cfg["sweep"]["seen_heads"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(cfg))
+    c = load_config(str(path))
+    assert StageHead.of(c.stages.unseen) == StageHead("inmap") and StageHead.of(c.stages.seen) == StageHead("lpp")
+    assert "stages" not in c.to_dict()           # what a tuned copy of it writes stays as it was
+
+
+def clusters(seed=0, classes=10, dim=32, sub=8, per_class=(4, 2, 12), nuisance=0.3, text_nuisance=10.0):
+    """Per backbone: (text (C, D), [train, selection, evaluation] (x, y)).  Classes
+    are apart in the first ``sub`` dimensions, the images tight around them; the
+    text weights carry a large random part in the other dimensions, so zero-shot
+    is poor while heads that learn from the images (GDA on the shots, TransCLIP on
+    InMaP's proxies over the test images) do well."""
+    from jclip.heads import l2_normalize
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key in ("vit", "rn"):
+        means = np.zeros((classes, dim))
+        means[:, :sub] = l2_normalize(rng.standard_normal((classes, sub)))
+        text = means.copy()
+        text[:, sub:] = text_nuisance * rng.standard_normal((classes, dim - sub)) / np.sqrt(dim - sub)
+        parts = []
+        for n in per_class:
+            y = np.repeat(np.arange(classes), n)
+            x = means[y].copy()
+            x[:, sub:] += nuisance * rng.standard_normal((len(y), dim - sub)) / np.sqrt(dim - sub)
+            parts.append((l2_normalize(x), y))
+        out[key] = (l2_normalize(text), parts)
+    return out
+
+
+def synthetic_validation(cfg, seed=0, held=(1, 4, 7)):
+    """(ValData, Holdout) of synthetic features: what the sweep reads from prepare()."""
+    from jclip.validate.data import Part, ValData
+    from jclip.validate.simulation import Holdout
+    data = clusters(seed)
+    classes = len(data["vit"][0])
+    part = [Part({k: data[k][1][i][0] for k in data}, data["vit"][1][i][1]) for i in range(3)]
+    names = [f"Animal_c{i}" for i in range(classes)]
+    n_eval = len(part[2].y)
+    d = ValData(cfg=cfg, manifest={}, k=5, names=names, test_names=None, val_path="val.txt", val_sha256="0" * 64,
+                val_count=n_eval, used_count=0, dog=np.zeros(classes, bool), dog_domain=None,
+                dog_truth=np.zeros(classes, bool), shots=[], selection=[], items=[], backbones=["vit", "rn"],
+                template_sets=[cfg.templates], train=part[0], sel=part[1], eval=part[2],
+                eval_paths=[f"e{i}.jpg" for i in range(n_eval)], eval_abs=[f"/e{i}.jpg" for i in range(n_eval)],
+                unreadable=[], text_seen={k: {cfg.templates: data[k][0]} for k in data}, text_test=None,
+                dog_head=None)
+    mask = np.zeros(classes, bool)
+    mask[list(held)] = True
+    return d, Holdout(np.array(held), mask, 1, None)
+
+
+def test_sweep_picks_the_head_that_is_best_on_held_out_data_and_train_test_use_it(tmp_path, monkeypatch):
+    """The configured heads are the poor ones (zero-shot on text far from the
+    images); the sweep must replace them by GDA (seen) and TransCLIP on InMaP
+    (unseen), the candidates that score best on the held-out images (ZLaP is
+    tried too), and write them where train.sh and test.sh read them."""
+    from jclip.heads import GDA, InMaP, TransCLIP, ZeroShot
+    from jclip.pipeline.heads import fit_seen, fit_unseen
+    from jclip.validate import sweep as sweep_mod
+    from jclip.validate.simulation import Simulated
+    cfg = load_config(None, ['stages.unseen={"head": "zeroshot"}', 'stages.seen={"head": "zeroshot"}',
+                             "inmap.iters=30", "lpp.epochs=20", 'sweep.templates=["imagenet7"]',
+                             "sweep.lpp_epochs=[20]", "sweep.inmap_tau_t=[0.01]", "sweep.inmap_tau_i=[0.04]",
+                             "sweep.inmap_iters=[30]", "sweep.mix_weights=[0.5]",
+                             'sweep.unseen_heads=["zeroshot", "transclip on inmap", "zlap"]',
+                             'sweep.seen_heads=["zeroshot", "gda"]'])
+    d, h = synthetic_validation(cfg)
+    monkeypatch.setattr(sweep_mod, "prepare", lambda *a, **k: (d, h, Simulated(d, h)))
+    write = tmp_path / "tuned.json"
+    s = sweep_mod.sweep(cfg, str(tmp_path / "sweep"), str(write))
+    trials = {(r["step"], r[r["step"]]): r["top1"] for r in s_trials(tmp_path / "sweep" / "trials.csv")
+              if r["step"] in ("seen_head", "unseen_head")}
+    assert trials[("seen_head", "gda")] > trials[("seen_head", "zeroshot")] + 0.1
+    assert trials[("unseen_head", "transclip on inmap")] > max(trials[("unseen_head", "zeroshot")],
+                                                               trials[("unseen_head", "zlap")]) + 0.05
+    assert (s["chosen"]["seen_head"], s["chosen"]["unseen_head"]) == ("gda", "transclip on inmap")
+    assert s["chosen_top1"] == max(r["top1"] for r in s_trials(tmp_path / "sweep" / "trials.csv"))
+    assert s["retrain_needed"]
+    tuned = load_config(str(write))
+    assert {k: v for k, v in tuned.to_dict()["stages"].items() if k != "_doc"} == {
+        "unseen": {"head": "transclip", "init": "inmap", "params": {}},
+        "seen": {"head": "gda", "init": None, "params": {}}}
+    # train.sh fits the seen stage with fit_seen, test.sh the unseen one with fit_unseen
+    x, y = d.train.x["vit"], d.train.y
+    assert isinstance(fit_seen(tuned, x, y, d.text_seen["vit"][cfg.templates]), GDA)
+    assert isinstance(fit_seen(cfg, x, y, d.text_seen["vit"][cfg.templates]), ZeroShot)
+    unseen = fit_unseen(tuned, d.eval.x["vit"], d.text_seen["vit"][cfg.templates])
+    assert isinstance(unseen, TransCLIP) and isinstance(unseen.init, InMaP) and unseen.init.iters == 30
+
+
+def s_trials(path):
+    import csv
+    with open(path) as f:
+        return [dict(r, top1=float(r["top1"])) for r in csv.DictReader(f)]
+
+
+def test_transclip_on_inmap_unseen_head_equals_the_heads_composed_by_hand():
+    from jclip.heads import InMaP
+    from jclip.heads.transclip import TransCLIP
+    from jclip.pipeline.heads import fit_unseen
+    cfg = load_config(None, [f"stages.unseen={TRANSCLIP_ON_INMAP}", "inmap.iters=20"])
+    text, parts = clusters(1)["vit"]
+    x = parts[2][0]
+    got = fit_unseen(cfg, x, text)
+    inmap = InMaP(text, lr=cfg.inmap.lr, iters=20, iters_sinkhorn=cfg.inmap.iters_sinkhorn, tau_t=cfg.inmap.tau_t,
+                  tau_i=cfg.inmap.tau_i, alpha=cfg.inmap.alpha, gamma=cfg.inmap.gamma).fit(x)
+    want = TransCLIP(text, init=inmap).fit()
+    np.testing.assert_array_equal(got.logits(x), want.logits(x))

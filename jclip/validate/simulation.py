@@ -17,7 +17,8 @@ import numpy as np
 from ..data.contest import ContestFormatError
 from ..pipeline.cascade import Cascade
 from ..pipeline.config import Config
-from ..pipeline.heads import fit_inmap, fit_lpp, load_lpp
+from ..pipeline.heads import fit_inmap, fit_seen, fit_unseen, inmap_snapshot, load_seen, unseen_head
+from ..pipeline.stages import StageHead
 from .data import ValData, ValLists
 
 DEFAULT_UNSEEN = 29      # the B set's unseen classes, when there is no test class list
@@ -66,15 +67,18 @@ def params_of(cfg: Config) -> dict:
     i = cfg.inmap
     return {"templates": cfg.templates, "lpp_epochs": int(cfg.lpp.epochs),
             "tau_t": float(i.tau_t), "tau_i": float(i.tau_i), "iters": int(i.iters),
-            "inmap_mix": dict(cfg.cascade.inmap_mix), "lpp_mix": dict(cfg.cascade.lpp_mix)}
+            "inmap_mix": dict(cfg.cascade.inmap_mix), "lpp_mix": dict(cfg.cascade.lpp_mix),
+            "unseen": StageHead.of(cfg.stages.unseen), "seen": StageHead.of(cfg.stages.seen)}
 
 
 def apply_params(cfg: Config, p: dict) -> Config:
     """A copy of ``cfg`` with the sweep's choices ``p`` (validated)."""
+    stages = {f"stages.{s}": p[s].to_json() for s in ("unseen", "seen")      # written only when changed
+              if p[s] != StageHead.of(getattr(cfg.stages, s))}
     return cfg.with_values({"templates": p["templates"], "lpp.epochs": int(p["lpp_epochs"]),
                             "inmap.tau_t": p["tau_t"], "inmap.tau_i": p["tau_i"],
                             "inmap.iters": int(p["iters"]), "cascade.inmap_mix": dict(p["inmap_mix"]),
-                            "cascade.lpp_mix": dict(p["lpp_mix"])})
+                            "cascade.lpp_mix": dict(p["lpp_mix"]), **stages})
 
 
 def trained_cascade(d: ValData) -> Cascade:
@@ -82,8 +86,8 @@ def trained_cascade(d: ValData) -> Cascade:
     names = d.test_names or d.names
     text = d.text_test or {k: d.text_seen[k][d.cfg.templates] for k in d.backbones}
     casc = d.cfg.cascade
-    inmap = {k: fit_inmap(d.cfg.inmap, d.eval.x[k], text[k]) for k in casc.inmap_mix}
-    lpp = {k: load_lpp(d.manifest, k) for k in casc.lpp_mix}
+    inmap = {k: fit_unseen(d.cfg, d.eval.x[k], text[k]) for k in casc.inmap_mix}
+    lpp = {k: load_seen(d.cfg, d.manifest, k) for k in casc.lpp_mix}
     return Cascade.from_config(d.cfg, inmap, lpp, len(names), len(d.names), d.dog_head)
 
 
@@ -96,18 +100,21 @@ class Simulated:
         self.kept = np.flatnonzero(~holdout.held)
         self._lpp: Dict[tuple, object] = {}
         self._inmap: Dict[tuple, object] = {}
+        self._unseen: Dict[tuple, object] = {}
 
-    def lpp(self, key: str, templates: str, epochs: int):
-        """LP++ refit without the held-out classes (columns: ``self.kept``)."""
-        memo = (key, templates, int(epochs))
+    def lpp(self, key: str, templates: str, epochs: int, seen: Optional[StageHead] = None):
+        """The seen head (LP++ unless ``seen``) refit without the held-out classes
+        (columns: ``self.kept``)."""
+        seen = seen or StageHead("lpp")
+        memo = (key, templates, int(epochs), seen.key())
         if memo not in self._lpp:
             d = self.d
             remap = np.full(len(d.names), -1)
             remap[self.kept] = np.arange(len(self.kept))
             tr, sel = ~self.h.held[d.train.y], ~self.h.held[d.sel.y]
-            self._lpp[memo] = fit_lpp(d.cfg.lpp, d.train.x[key][tr], remap[d.train.y[tr]],
-                                      d.text_seen[key][templates][self.kept],
-                                      d.sel.x[key][sel], remap[d.sel.y[sel]], epochs=epochs)
+            self._lpp[memo] = fit_seen(d.cfg, d.train.x[key][tr], remap[d.train.y[tr]],
+                                       d.text_seen[key][templates][self.kept],
+                                       d.sel.x[key][sel], remap[d.sel.y[sel]], spec=seen, epochs=epochs)
         return self._lpp[memo]
 
     def inmap(self, key: str, templates: str, tau_t: float, tau_i: float, iters: int,
@@ -124,14 +131,34 @@ class Simulated:
             self._inmap[memo] = head
         return head
 
+    def unseen(self, key: str, p: dict, all_iters: Sequence[int] = ()):
+        """The unseen head ``p["unseen"]`` over the seen classes; an InMaP start is
+        the InMaP of ``p``'s settings after ``p["iters"]`` steps."""
+        spec = p["unseen"]
+        memo = (key, p["templates"], spec.key()) + \
+            ((float(p["tau_t"]), float(p["tau_i"]), int(p["iters"])) if spec.init == "inmap" else ())
+        if memo not in self._unseen:
+            start = None
+            if spec.init == "inmap":
+                start = inmap_snapshot(self.inmap(key, p["templates"], p["tau_t"], p["tau_i"], p["iters"],
+                                                  all_iters), int(p["iters"]))
+            elif spec.init == "zeroshot":
+                start = unseen_head(StageHead("zeroshot"), self.d.text_seen[key][p["templates"]])
+            self._unseen[memo] = unseen_head(spec, self.d.text_seen[key][p["templates"]], start)
+        return self._unseen[memo]
+
     def cascade(self, p: dict, all_iters: Sequence[int] = ()) -> Cascade:
         """The simulated cascade with the settings ``p`` (see params_of)."""
         d = self.d
-        inmap = {k: self.inmap(k, p["templates"], p["tau_t"], p["tau_i"], p["iters"], all_iters)
-                 for k in p["inmap_mix"]}
-        lpp = {k: self.lpp(k, p["templates"], p["lpp_epochs"]) for k in p["lpp_mix"]}
+        if p["unseen"].head == "inmap":
+            inmap = {k: self.inmap(k, p["templates"], p["tau_t"], p["tau_i"], p["iters"], all_iters)
+                     for k in p["inmap_mix"]}
+        else:
+            inmap = {k: self.unseen(k, p, all_iters) for k in p["inmap_mix"]}
+        lpp = {k: self.lpp(k, p["templates"], p["lpp_epochs"], p["seen"]) for k in p["lpp_mix"]}
         return Cascade(inmap, lpp, dict(p["inmap_mix"]), dict(p["lpp_mix"]), self.h.held, d.dog,
-                       d.k, d.dog_head, lpp_classes=self.kept, inmap_at=int(p["iters"]))
+                       d.k, d.dog_head, lpp_classes=self.kept,
+                       inmap_at=int(p["iters"]) if p["unseen"].head == "inmap" else None)
 
     def run(self, p: dict, all_iters: Sequence[int] = ()):
         """(ids, stage) of the simulated cascade on the measured images."""

@@ -1,11 +1,14 @@
 """The sweep: tune the cascade on the simulated setup, write the best configuration.
 
 Candidates are scored by the simulated cascade's top-1 over all measured images
-(ties keep the earlier candidate, the current setting first).  One group
-changes at a time, in this order, keeping each best: templates, LP++ epochs,
-InMaP (tau_t x tau_i x iterations; one InMaP run per temperature pair serves
-every iteration count), the InMaP mixing weight, the LP++ mixing weight.  The
-candidates are the configuration's ``sweep`` section.
+(held-out validation images, never the test set; ties keep the earlier
+candidate, the current setting first).  One group changes at a time, in this
+order, keeping each best: templates, LP++ epochs, the seen stage's head, InMaP
+(tau_t x tau_i x iterations; one InMaP run per temperature pair serves every
+iteration count), the unseen stage's head (an InMaP start is the InMaP just
+chosen), the InMaP mixing weight, the LP++ mixing weight.  The candidates are
+the configuration's ``sweep`` section; a head group whose only candidate is the
+configured head is not run.
 """
 import dataclasses
 import json
@@ -16,6 +19,7 @@ from typing import Dict, Optional
 from ..io import atomic_write_text
 from ..pipeline.backbones import step
 from ..pipeline.config import Config, load_config
+from ..pipeline.stages import StageHead
 from ..progress import progress
 from .metrics import accuracy
 from .plots import sweep_plots
@@ -26,6 +30,19 @@ from .simulation import apply_params, held_out_names, params_of
 def sweep_grid(cfg: Config) -> dict:
     """The candidates: the configuration's ``sweep`` section, as lists."""
     return {f.name: list(getattr(cfg.sweep, f.name)) for f in dataclasses.fields(cfg.sweep)}
+
+
+def head_candidates(texts, current: StageHead):
+    """The stage heads ``"HEAD"`` / ``"HEAD on INIT"`` as StageHeads; the configured
+    head keeps its ``params``, any other runs with its defaults.  Empty when no
+    candidate differs from ``current`` (nothing to compare)."""
+    cands = []
+    for text in texts:
+        c = StageHead.parse(text)
+        c = current if c[:2] == current[:2] else c
+        if c not in cands:
+            cands.append(c)
+    return cands if any(c != current for c in cands) else []
 
 
 def sweep(cfg, out: str, write: str, holdout: Optional[int] = None, seed: int = 1,
@@ -62,9 +79,15 @@ def sweep(cfg, out: str, write: str, holdout: Optional[int] = None, seed: int = 
     with step("sweep", d.times):
         p = best_of("templates", [dict(p, templates=t) for t in grid["templates"]], p)
         p = best_of("lpp_epochs", [dict(p, lpp_epochs=int(e)) for e in grid["lpp_epochs"]], p)
+        seen = head_candidates(grid["seen_heads"], p["seen"])
+        if seen:
+            p = best_of("seen_head", [dict(p, seen=c) for c in seen], p)
         p = best_of("inmap", [dict(p, tau_t=float(a), tau_i=float(b), iters=int(n))
                               for a in grid["inmap_tau_t"] for b in grid["inmap_tau_i"]
                               for n in grid["inmap_iters"]], p)
+        unseen = head_candidates(grid["unseen_heads"], p["unseen"])
+        if unseen:
+            p = best_of("unseen_head", [dict(p, unseen=c) for c in unseen], p)
         for mix in ("inmap_mix", "lpp_mix"):
             keys = list(p[mix])
             if len(keys) != 2:
@@ -91,7 +114,8 @@ def sweep(cfg, out: str, write: str, holdout: Optional[int] = None, seed: int = 
                "baseline": flat(p0), "baseline_top1": baseline["top1"],
                "chosen": flat(p), "chosen_top1": best, "trials": len(trials),
                "first_backbones": "/".join(list(p0[m])[0] for m in ("inmap_mix", "lpp_mix")),
-               "retrain_needed": p["templates"] != p0["templates"] or p["lpp_epochs"] != p0["lpp_epochs"],
+               "retrain_needed": p["templates"] != p0["templates"] or p["lpp_epochs"] != p0["lpp_epochs"]
+               or p["seen"] != p0["seen"],
                "written": os.path.abspath(write)}
     write_json(os.path.join(out, "sweep.json"), summary)
     plots = sweep_plots(out, trials, cfg.backbones[list(p0["lpp_mix"])[0]].model)
@@ -112,14 +136,16 @@ def flat(p):
     """A setting as one flat row (mixing weights as the first backbone's weight)."""
     return {"templates": p["templates"], "lpp_epochs": p["lpp_epochs"], "tau_t": p["tau_t"],
             "tau_i": p["tau_i"], "iters": p["iters"],
-            "inmap_mix_w": list(p["inmap_mix"].values())[0], "lpp_mix_w": list(p["lpp_mix"].values())[0]}
+            "inmap_mix_w": list(p["inmap_mix"].values())[0], "lpp_mix_w": list(p["lpp_mix"].values())[0],
+            "unseen_head": p["unseen"].describe(), "seen_head": p["seen"].describe()}
 
 
 def describe(p, group):
     f = flat(p)
     return {"templates": f"templates={f['templates']}", "lpp_epochs": f"epochs={f['lpp_epochs']}",
             "inmap": f"tau_t={f['tau_t']:g} tau_i={f['tau_i']:g} iters={f['iters']}",
-            "inmap_mix": f"InMaP {p['inmap_mix']}", "lpp_mix": f"LP++ {p['lpp_mix']}"}[group]
+            "inmap_mix": f"InMaP {p['inmap_mix']}", "lpp_mix": f"LP++ {p['lpp_mix']}",
+            "unseen_head": f"unseen head {f['unseen_head']}", "seen_head": f"seen head {f['seen_head']}"}[group]
 
 
 def sweep_markdown(s, trials, plots, write):
@@ -130,12 +156,13 @@ def sweep_markdown(s, trials, plots, write):
           f"w is the first backbone's (`{s['first_backbones']}`), the other gets 1 - w. "
           "The score is measured on the same images the sweep tunes on, so it is optimistic; "
           "`val.sh report` with a different `--seed` (other held-out classes) is a fairer check.\n",
-          md_table(["", "templates", "LP++ epochs", "tau_t", "tau_i", "iters", "InMaP mix w", "LP++ mix w", "top-1 %"],
+          md_table(["", "templates", "LP++ epochs", "tau_t", "tau_i", "iters", "InMaP mix w", "LP++ mix w",
+                    "unseen head", "seen head", "top-1 %"],
                    [[name] + [v for k, v in p.items()] + [pct(t)] for name, p, t in
                     (("configuration", s["baseline"], s["baseline_top1"]),
                      ("chosen", s["chosen"], s["chosen_top1"]))]),
           f"Written: `{write}`. "
-          + ("Templates or LP++ epochs changed: run `train.sh` with it, then `test.sh`."
+          + ("Templates, LP++ epochs or the seen head changed: run `train.sh` with it, then `test.sh`."
              if s["retrain_needed"] else "Only test-time settings changed: `test.sh --config` it."),
           ""]
     md += [f"![{p}]({p})\n" for p in plots]

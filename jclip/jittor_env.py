@@ -9,7 +9,7 @@ environment always wins.
 
 Jittor's own info and warning lines (``[i 1123 ...] Found nvcc ...``) are
 kept out of a user's terminal (``log_silent=1``) unless ``JCLIP_VERBOSE=1``
-or a command's ``--verbose`` (``set_verbose()``).
+or ``set_verbose()`` (no command has a flag for it).
 """
 import glob
 import os

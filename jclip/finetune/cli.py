@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Fine-tune / apply a ConvNeXt-V2 head.")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a head on a `path label` list")
-    t.add_argument("--weights", required=True, type=existing_file, help="backbone weights (.pkl or .pt)")
+    t.add_argument("--weights", required=True, type=existing_file, help="ConvNeXt-V2 backbone weights (any format jclip reads: convert.py's .safetensors or .pkl, the official .pt)")
     t.add_argument("--list", required=True, type=existing_file, help="training list: `path label` lines")
     t.add_argument("--root", type=existing_dir, help="folder the list's paths are relative to")
     t.add_argument("--labels", help="label range kept, e.g. 244-373 (ids -> 0..129)")

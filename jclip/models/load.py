@@ -11,9 +11,8 @@ from .clip import CLIP
 
 
 def available_models() -> List[str]:
-    """OpenAI CLIP model names that ``load`` resolves (after ``convert.py``).
-
-    Returns: the names in the registry's order ("RN50" ... "ViT-L/14@336px").
+    """The CLIP names ``load`` resolves (after ``convert.py``): OpenAI's nine,
+    then open_clip's "ARCH/tag" names, in the catalogue's order.
     """
     return _registered("clip")
 

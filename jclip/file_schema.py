@@ -79,6 +79,19 @@ class Any_(Spec):
         return value
 
 
+class FiniteJson(Spec):
+    """Any JSON value holding no infinite number (1e999 parses to inf)."""
+
+    def check(self, value, where):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Bad(where, f"{value} is not finite")
+        if isinstance(value, list):
+            return [self.check(v, _join(where, i)) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: self.check(v, _join(where, k)) for k, v in value.items()}
+        return value
+
+
 class Int(Spec):
     """An integer (not a bool) in [lo, hi]."""
 

@@ -33,7 +33,6 @@ learner computes (``applied()``), so the model others hold keeps its weights.
 """
 import contextlib
 import hashlib
-import json
 import math
 import os
 import re
@@ -51,7 +50,7 @@ from ..heads.templates import clean_class_name
 from ..models.clip import normalize
 from ..models.tokenizer import tokenize
 from ..progress import progress as progress_bar
-from .files import CLIP_FINETUNE_KIND as FILE_KIND, ClipFinetuneFile
+from .files import ClipFinetuneFile
 from .trainable import trainable_names
 
 Images = Union[np.ndarray, Sequence[str]]

@@ -71,11 +71,17 @@ def dog_head_layout(meta: Dict) -> Dict[str, Array]:
             if k.startswith(pre)}
 
 
+def _jclip_file(path, meta) -> None:
+    if meta.get("format") != "jclip":
+        raise FileFormatError(path, "jclip_meta", f"missing: a {meta.get('format')} file, not jclip weights")
+
+
 def read_dog_head(path) -> Tuple[Dict[str, np.ndarray], Dict]:
     """(state, meta) of a dog head file, checked against its schema."""
     path = os.fspath(path)
     state, meta = read_state_dict(path)          # CheckpointError (a ValueError) naming the file
-    meta = check_value(path, meta, DOG_HEAD_META)
+    _jclip_file(path, meta)
+    meta = check_value(path, meta, DOG_HEAD_META, "jclip_meta")
     check_arrays(path, state, dog_head_layout(meta))
     return state, meta
 
@@ -93,10 +99,11 @@ def read_clip_finetune(path):
     the weights meta checked; the header is checked by the head's schema."""
     path = os.fspath(path)
     arrays, meta = read_state_dict(path)
+    _jclip_file(path, meta)
     if meta.get("kind") != CLIP_FINETUNE_KIND:
         raise FileFormatError(path, "kind", f"not a clip_finetune file (a jclip weights file of kind "
                                             f"{meta.get('kind')!r})")
-    meta = check_value(path, meta, CLIP_FINETUNE_META)
+    meta = check_value(path, meta, CLIP_FINETUNE_META, "jclip_meta")
     header = loads_bounded(meta["head"], path)
     if not isinstance(header, dict):
         raise FileFormatError(path, "head", "the head header is not an object")
@@ -115,6 +122,5 @@ class ClipFinetuneFile:
 
 def check_clip_finetune_file(path) -> None:
     """A ClipFinetune file checked against its whole schema (no model needed)."""
-    from ..heads.head_file import check_file
-    from ..heads.registry import HEADS
-    check_file(HEADS["clip_finetune"].cls, path)
+    from ..heads.registry import check_head_file
+    check_head_file(os.fspath(path))

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..file_schema import Array
 from ..metrics import topk_accuracy, topk_ids
-from . import head_file
+from . import head_file, registry
 
 # How far a row norm may stray from 1 before features count as not normalised
 # (fp16 features that were normalised in fp16 land within ~1e-3).
@@ -290,4 +290,4 @@ class Head:
         Parameters: check_identity: refuse a file learned on another model
         (heads that record one).  Returns: self.  Raises FileFormatError (a
         ValueError) naming the file and the key."""
-        return head_file.load(self, path, check_identity)
+        return head_file.load(self, path, registry.head_class, check_identity)

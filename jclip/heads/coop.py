@@ -76,9 +76,9 @@ class CoOp(Head):
     method = "coop"
     _fitted = ("params_", "table_")
     # table_ is rebuilt from the model on load, not saved
-    fitted_spec = {"params_": ArrayDict(Array("f", None)), "n_ctx_": Int(1), "class_names_": ListOf(Str(), 1),
+    fitted_spec = {"params_": ArrayDict(Array("f", None)), "n_ctx_": Int(1, 1 << 20), "class_names_": ListOf(Str(), 1),
                    "logit_scale_": Float(), "history_": ListOf(AsTuple(ListOf(Float(), 3, 3))),
-                   "val_history_": Maybe(ListOf(Float(0, 1))), "best_epoch_": Maybe(Int(0))}
+                   "val_history_": Maybe(ListOf(Float(0, 1))), "best_epoch_": Maybe(Int(0, 1 << 62))}
     identity_spec = {"backbone": Str(), "backbone_sha256": Str(pattern=r"(text-weights:)?[0-9a-f]{64}")}
     _unsaved_params = ("model",)
 

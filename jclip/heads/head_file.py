@@ -21,17 +21,19 @@ head's against its own) before anything is set; a fault is one
 FileFormatError naming the file and the key.  Version 2 is the layout
 written since the estimator API; files saved then load unchanged.
 """
+import collections.abc
 import copy
+import inspect
 import json
-import math
 import os
+import typing
 from collections import OrderedDict
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import numpy as np
 
-from ..file_schema import (Any_, Array, Bool, DictOf, FileFormatError, Float, Int, ListOf, Maybe,
-                           Null, OneOf, Record, Spec, Str, _Bad, check_arrays, check_value,
+from ..file_schema import (Any_, Array, Bool, DictOf, FileFormatError, FiniteJson, Float, Int, ListOf,
+                           Maybe, Null, OneOf, Record, Spec, Str, check_arrays, check_value,
                            loads_bounded, read_npz)
 from ..io import atomic_save_npz
 
@@ -83,20 +85,6 @@ class AsTuple(Spec):
         return tuple(self.spec.check(value, where))
 
 
-class FiniteJson(Spec):
-    """Any JSON value holding no infinite number (a hyper-parameter whose
-    default is None)."""
-
-    def check(self, value, where):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise _Bad(where, f"{value} is not finite")
-        if isinstance(value, list):
-            return [self.check(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            return {k: self.check(v, f"{where}.{k}") for k, v in value.items()}
-        return value
-
-
 def _plain(v):
     """numpy scalars -> Python ones, tuples -> lists: JSON."""
     if isinstance(v, np.generic):
@@ -113,22 +101,41 @@ def _tuples(v):
     return tuple(_tuples(i) for i in v) if isinstance(v, list) else v
 
 
+_SCALARS = {bool: Bool, int: lambda: Int(*INT64), float: Float, str: Str}
+
+
+def _from_annotation(t):
+    """The spec of a hyper-parameter's annotated type (Optional stripped;
+    Sequence[X] / Tuple[X, ...] -> a list of X), or None when not plain JSON."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return _from_annotation(inner[0]) if len(inner) == 1 else None
+    if t in _SCALARS:
+        return _SCALARS[t]()
+    if origin in (list, tuple, collections.abc.Sequence) and args:
+        item = _from_annotation(args[0])
+        if item is not None and (origin is not tuple or len(args) == 1 or args[1] is Ellipsis
+                                 or len(set(args)) == 1):
+            return ListOf(item)
+    return None
+
+
 def _param_spec(cls, name: str, default) -> Spec:
+    """A hyper-parameter's spec: declared (``param_spec``), else from its
+    annotation, else from its default's kind; null only where the default is None."""
     if name in getattr(cls, "param_spec", {}):
-        return Maybe(cls.param_spec[name])
-    if isinstance(default, bool):
-        kind = Bool()
-    elif isinstance(default, int):
-        kind = Int(*INT64)
-    elif isinstance(default, float):
-        kind = Float()
-    elif isinstance(default, str):
-        kind = Str()
-    elif isinstance(default, tuple):
-        kind = ListOf(OneOf(Bool(), Float(), Str(), Null()))
-    else:
+        return cls.param_spec[name] if default is not None else Maybe(cls.param_spec[name])
+    kind = _from_annotation(inspect.signature(cls.__init__).parameters[name].annotation)
+    if kind is None and type(default) in _SCALARS:
+        kind = _SCALARS[type(default)]()
+    elif kind is None and isinstance(default, tuple) and default:
+        kinds = {type(v) for v in default}
+        kind = ListOf(Int(*INT64) if kinds == {int} else Float() if kinds <= {int, float} else
+                      Str() if kinds == {str} else OneOf(Bool(), Float(), Str(), Null()))
+    if kind is None:
         return FiniteJson()
-    return Maybe(kind)      # None is always accepted (check_params)
+    return Maybe(kind) if default is None else kind
 
 
 def saved_params(cls):
@@ -180,9 +187,13 @@ def _one_place(path, what: str, name: str, places: Mapping[str, Any], required: 
     return found[0]
 
 
-def check(cls, header, arrays: Dict[str, np.ndarray], path: str, prefix: str = "") -> Dict[str, Any]:
-    """Check a ``cls`` file's header and arrays (``prefix``: where a start
-    head's arrays sit); returns {"params": {...}, "fitted": {...},
+Resolve = Callable[[str], type]      # a head class by name (the registry's head_class)
+
+
+def check(cls, header, arrays: Dict[str, np.ndarray], path: str, resolve: Resolve,
+          prefix: str = "") -> Dict[str, Any]:
+    """Check a ``cls`` file's header and arrays (``resolve``: a start head's
+    class by name; ``prefix``: where a start head's arrays sit); returns {"params": {...}, "fitted": {...},
     "from_fitted": [...], "start": (class, checked) or None}; nothing is set."""
     where = prefix.rstrip("/").replace("/", ".") if prefix else ""
     h = check_value(path, header, header_schema(cls), where)
@@ -234,17 +245,17 @@ def check(cls, header, arrays: Dict[str, np.ndarray], path: str, prefix: str = "
     start = None
     sub = prefix + START_PREFIX
     if h.get(START_KEY) is not None:
-        from .registry import spec_of       # the registry names every head class
         name = h[START_KEY].get("head")
         try:
-            start_cls = spec_of(name).cls
+            start_cls = resolve(name)
         except (KeyError, TypeError):
             raise FileFormatError(path, key(f"{START_KEY}.head"), f"unknown start head class {name!r}") from None
         if start_cls._unsaved_params:
             raise FileFormatError(path, key(START_KEY), f"a {name} start head cannot be carried in a file")
-        start = (start_cls, check(start_cls, h[START_KEY], arrays, path, sub))
+        start = (start_cls, check(start_cls, h[START_KEY], arrays, path, resolve, sub))
     elif any(k.startswith(sub) for k in arrays):
-        raise FileFormatError(path, next(k for k in arrays if k.startswith(sub)), "a start head's array without one")
+        raise FileFormatError(path, key(START_KEY), f"missing, yet the file holds start head arrays "
+                                                    f"({next(k for k in arrays if k.startswith(sub))})")
     return {"params": params, "fitted": fitted, "from_fitted": h["params_from_fitted"], "start": start,
             "identity": {k: h[k] for k in cls.identity_spec}}
 
@@ -334,7 +345,7 @@ def _restore(head, checked: Dict[str, Any], path: str):
         setattr(new, type(head)._head_params[0], None)
     try:
         new.check_params()
-    except ValueError as e:
+    except (ValueError, TypeError) as e:             # a head's own check meeting a value of another kind
         raise FileFormatError(path, "params", str(e)) from None
     return new
 
@@ -359,13 +370,13 @@ def save(head, path) -> str:
     return os.fspath(path)
 
 
-def load(head, path, check_identity: bool = True):
+def load(head, path, resolve: Resolve, check_identity: bool = True):
     """Fill ``head`` from a file written by ``save`` of its class; returns it."""
     path = os.fspath(path)
     header, arrays = type(head).file_container.read(path)
     if header["head"] != type(head).__name__:
         raise FileFormatError(path, "", f"holds a {header['head']} head, not a {type(head).__name__}")
-    checked = check(type(head), header, arrays, path)
+    checked = check(type(head), header, arrays, path, resolve)
     new = _restore(head, checked, path)
     if check_identity and type(head).identity_spec:
         new._check_identity(checked["identity"], path)
@@ -375,22 +386,14 @@ def load(head, path, check_identity: bool = True):
     return head
 
 
-def check_head_file(path) -> str:
-    """Check a head file against its class's schema without building the
-    head (no model needed); returns the class name."""
-    from .registry import spec_of
-    header, arrays = read_raw(path)
-    try:
-        cls = spec_of(header["head"]).cls
-    except KeyError:
-        raise FileFormatError(path, "head", f"unknown head class {header['head']!r}") from None
-    check_file(cls, path)
-    return cls.__name__
-
-
-def check_file(cls, path) -> Dict[str, Any]:
-    """A ``cls`` file read through its container and checked (nothing built)."""
+def check_file(cls, path, resolve: Resolve) -> Dict[str, Any]:
+    """A ``cls`` file read through its container and checked, the
+    hyper-parameters by the class's check_params too (nothing built, no model)."""
     header, arrays = cls.file_container.read(os.fspath(path))
     if header["head"] != cls.__name__:
         raise FileFormatError(path, "", f"holds a {header['head']} head, not a {cls.__name__}")
-    return check(cls, header, arrays, os.fspath(path))
+    checked = check(cls, header, arrays, os.fspath(path), resolve)
+    bare = cls.__new__(cls)                          # the hyper-parameters' own checks, no model
+    bare.__dict__.update({n: None for n in cls._unsaved_params})
+    _restore(bare, checked, os.fspath(path))
+    return checked

@@ -121,8 +121,8 @@ class InMaP(Head):
     """
 
     _fitted = ("proxies_", "tau_i_")
-    fitted_spec = {"proxies_": Array("f", ("C", "D")), "tau_i_": Float(), "iters_": Int(0),
-                   "snapshots_": ArrayDict(Array("f", ("C", "D")), key=Int(0))}
+    fitted_spec = {"proxies_": Array("f", ("C", "D")), "tau_i_": Float(), "iters_": Int(0, 1 << 62),
+                   "snapshots_": ArrayDict(Array("f", ("C", "D")), key=Int(0, 1 << 62))}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, lr: float = 10.0, iters: int = 2000,
                  iters_sinkhorn: int = 20, tau_t: float = 0.01, tau_i: float = 0.04, alpha: float = 0.6,

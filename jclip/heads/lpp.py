@@ -71,7 +71,7 @@ class LPPlusPlus(Head):
     fitted_spec = {"weight_": Array("f", ("C", "D")), "bias_": Array("f", ("C",)),
                    "alpha_": Array("f", ("C",)), "text_weights_": Array("f", ("C", "D")),
                    "lr_w_": Float(), "lr_alpha_": Float(), "init_alpha_": Float(),
-                   "best_epoch_": Maybe(Int(0)), "val_accuracy_": Maybe(Float(0, 1))}
+                   "best_epoch_": Maybe(Int(0, 1 << 62)), "val_accuracy_": Maybe(Float(0, 1))}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, epochs: int = 300,
                  momentum: float = 0.9, alpha_every: int = 10, alpha_scale: float = 250.0,

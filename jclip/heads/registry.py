@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
-from .head_file import FileFormatError, read_raw
+from .head_file import FileFormatError, check_file, read_raw
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,27 @@ def spec_of(head_class_name: str) -> HeadSpec:
         if spec.class_name == head_class_name:
             return spec
     raise KeyError(head_class_name)
+
+
+def head_class(name: str) -> type:
+    """The head class called ``name`` (as a file names it); KeyError when none."""
+    return spec_of(name).cls
+
+
+def check_head_file(path) -> str:
+    """Check a head file against its class's whole schema without building
+    the head (no model needed); returns the class name.  FileFormatError
+    (a ValueError) naming the file and the key."""
+    if str(path).endswith(".safetensors"):          # ClipFinetune's container
+        cls = HEADS["clip_finetune"].cls
+    else:
+        name = read_raw(path)[0]["head"]
+        try:
+            cls = head_class(name)
+        except KeyError:
+            raise FileFormatError(path, "head", f"unknown head class {name!r}") from None
+    check_file(cls, path, head_class)
+    return cls.__name__
 
 
 def load_head(path, model: Optional[Any] = None):

@@ -169,9 +169,12 @@ MODEL_META = Record({"model": Str(max_len=200), "architecture": Str(max_len=200)
 def _parse_meta(raw, path):
     """A stored meta: a dict of str -> str/int under WEIGHTS_META (and
     MODEL_META for a converted model), else CheckpointError naming the key."""
-    if not isinstance(raw, dict) or not all(
-            isinstance(k, str) and type(v) in (str, int) for k, v in raw.items()):
-        raise CheckpointError(f"{path}: malformed jclip meta (str -> str/int expected)")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: jclip_meta: malformed jclip meta (str -> str/int expected)")
+    bad = next((k for k, v in raw.items() if type(v) not in (str, int)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: jclip_meta.{bad}: malformed jclip meta (a {type(raw[bad]).__name__}; "
+                              f"str or int expected)")
     try:
         check_value(path, raw, WEIGHTS_META, "jclip_meta")
         if "architecture" in raw:                      # what convert writes
@@ -194,7 +197,7 @@ def _read_any(path, kind, size):
             try:
                 raw = json.loads(stored[ST_META_KEY])
             except ValueError:
-                raise CheckpointError(f"{path}: malformed jclip meta (not JSON)") from None
+                raise CheckpointError(f"{path}: jclip_meta: malformed jclip meta (not JSON)") from None
             meta.update(_parse_meta(raw, path))
         meta["format"] = "jclip" if ST_META_KEY in stored else "safetensors"
     else:

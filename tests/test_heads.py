@@ -645,3 +645,24 @@ def test_text_classifier_weights_average_normalised_embeddings():
         e = torch.nn.functional.normalize(e, dim=1).mean(0)
         np.testing.assert_allclose(w[k], torch.nn.functional.normalize(e, dim=0).numpy(),
                                    atol=1e-6)
+
+
+def test_every_hyper_parameter_refuses_a_wrong_kind_with_a_value_error():
+    # null, text, a number where a list belongs, nested lists, objects: each
+    # one ValueError naming the parameter, never a TypeError from inside a head
+    from jclip.heads import HEADS
+    bad_values = (None, "x", 3, [], [[1]], {"a": 1}, ["a"], [True])
+    checked = 0
+    for name, spec in HEADS.items():
+        if spec.needs_model:          # their constructors need a CLIP; the same base check serves them
+            continue
+        cls = spec.cls
+        cls().check_params()          # every default passes
+        for param in cls.param_defaults():
+            for bad in bad_values:
+                try:
+                    cls(**{param: bad}).check_params()
+                except ValueError as e:
+                    assert param in str(e), (name, param, e)
+                checked += 1
+    assert checked > 100

@@ -131,6 +131,16 @@ def _check_kind(name: str, value, default) -> None:
         check_number(name, value, integer=isinstance(default, (int, np.integer)))
     elif isinstance(default, str) and not isinstance(value, str):
         raise ValueError(f"{name} must be text, got {value!r}")
+    elif isinstance(default, (tuple, list)):
+        # a grid or a weight list: a sequence (never text), its items of the default items' kind
+        if value is None or isinstance(value, (str, bytes, dict)) or \
+                not isinstance(value, (tuple, list, np.ndarray)) or np.ndim(value) != 1:
+            raise ValueError(f"{name} must be a list like {list(default)!r}, got {value!r}")
+        numbers = [d for d in default if isinstance(d, (int, float)) and not isinstance(d, bool)]
+        if default and len(numbers) == len(default):
+            kind = 0 if all(isinstance(d, int) for d in numbers) else 0.0
+            for item in value:
+                _check_kind(name, item, kind)
 
 
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
@@ -196,8 +206,9 @@ class Head:
 
         Here each value is checked against the kind of its default (a number
         where the default is a number, a whole number where it is an int,
-        true/false, text; None is always accepted where the default is None
-        and never checked); heads add their ranges.  ``fit`` calls it first,
+        true/false, text, a list of the default's kind where the default is a
+        list; None is always accepted where the default is None and never
+        checked); heads add their ranges.  ``fit`` calls it first,
         ``python -m jclip.fewshot --set`` before any model is loaded.
         Raises ValueError naming the first bad hyper-parameter.
         """
@@ -205,7 +216,7 @@ class Head:
         defaults = self.param_defaults()
         for name, value in self.get_params().items():
             default = defaults.get(name)
-            if value is not None and default is not None:
+            if default is not None and (value is not None or isinstance(default, (tuple, list))):
                 _check_kind(name, value, default)
             out[name] = value
         return out

@@ -1,7 +1,7 @@
 """The schemas of the fine-tuning files, and their readers (no Jittor).
 
 - **The dog head** (``dog_head.safetensors``, ``finetune.train``): the
-  ConvNeXt-V2 parameters that were trained (``model.trainable_prefixes``)
+  ConvNeXt-V2 parameters that were trained (``trainable_prefixes``)
   with the meta saying what they belong to.  Every tensor's name and shape
   comes from the backbone's catalogue card (``catalog.state_dict_layout`` at
   the file's ``num_classes``, kept to the trained prefixes): a file missing
@@ -39,7 +39,9 @@ CLIP_FINETUNE_META = Record({
     "base_sha256": Str(pattern=r"(weights:)?[0-9a-f]{64}"), **WEIGHTS_FIELDS})
 
 
-def _trained_prefixes(unfreeze: int) -> Tuple[str, ...]:
+def trainable_prefixes(unfreeze: int) -> Tuple[str, ...]:
+    """State-dict prefixes trained with ``unfreeze`` last stages unfrozen
+    (what a dog head file holds)."""
     pre = ["head."]
     if unfreeze > 0:
         pre.append("norm.")
@@ -66,7 +68,7 @@ def dog_head_layout(meta: Dict) -> Dict[str, Array]:
     card = _backbone_card(meta["backbone"])
     if card is None:
         return {"head.weight": Array("f", (n, "D")), "head.bias": Array("f", (n,))}
-    pre = _trained_prefixes(meta["unfreeze"])
+    pre = trainable_prefixes(meta["unfreeze"])
     return {k: Array("f", shape) for k, shape in state_dict_layout(card.architecture, n).items()
             if k.startswith(pre)}
 

@@ -15,17 +15,7 @@ from ..models.convnext import ConvNeXtV2
 from ..pretrained import load_convnextv2_file
 from ..weights.checkpoint import CheckpointError, find_weights
 from .data import BACKBONE_CARD
-from .files import read_dog_head
-
-
-def trainable_prefixes(unfreeze: int) -> Tuple[str, ...]:
-    """State-dict prefixes trained with ``unfreeze`` last stages unfrozen."""
-    pre = ["head."]
-    if unfreeze > 0:
-        pre.append("norm.")
-        for s in range(4 - unfreeze, 4):
-            pre += [f"stages.{s}.", f"downsample_layers.{s}."]
-    return tuple(pre)
+from .files import read_dog_head, trainable_prefixes
 
 
 def trunk(model: ConvNeXtV2, x: jt.Var, unfreeze: int) -> jt.Var:

@@ -256,6 +256,26 @@ def test_test_sh_with_transclip_on_inmap_for_the_unseen_stage(pipeline, tmp_path
             assert stage[name] == "inmap"
 
 
+def test_train_and_test_sh_with_gda_for_the_seen_stage(pipeline, tmp_path):
+    """stages.seen = GDA: train.sh fits and records it (out/gda_<key>.npz), test.sh
+    loads it and writes a valid result.txt; the same heads under the default
+    stages.seen (LP++) are refused before anything is written."""
+    out = tmp_path / "out"
+    seen = ["--set", 'stages.seen={"head": "gda"}', "--set", f"out_dir={out}"]
+    run("bash", "train.sh", "--config", str(pipeline["config"]), *seen, cwd=REPO)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["seen_head"] == {"head": "gda", "init": None, "params": {}}
+    assert {"gda_vit", "gda_rn"} <= set(m["outputs"]) and not {"lpp_vit", "lpp_rn"} & set(m["outputs"])
+    result = tmp_path / "result.txt"
+    run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(pipeline["config"]), *seen,
+        "--result", str(result), cwd=REPO)
+    check_result_file(pipeline, result.read_bytes())
+    r = run("bash", "test.sh", str(pipeline["data"] / "TestSetB"), "--config", str(pipeline["config"]),
+            "--set", f"out_dir={out}", "--result", str(tmp_path / "lpp.txt"), cwd=REPO, ok=False)
+    assert r.returncode == 1 and "`stages.seen` differs" in r.stderr and "run train.sh" in r.stderr
+    assert not (tmp_path / "lpp.txt").exists()
+
+
 def test_two_ranks_write_the_same_result(pipeline, mpirun, tmp_path):
     """mpirun -np 2 bash test.sh: each rank encodes half of the test images (an
     empty cache, so they do), rank 0 alone runs the heads and writes."""

@@ -46,6 +46,7 @@ def test(cfg, images: Optional[str] = None, classes: Optional[str] = None,
         raise ContestFormatError(f"{classes}: its first {n_seen} classes must be the "
                                  f"{len(seen)} training classes of {cfg.data.file('classes')}, in order")
     manifest = manifest_file.read(cfg)
+    lpp = {key: load_seen(cfg, manifest, key) for key in casc.lpp_mix}     # the trained seen heads, checked first
     files = list_test_images(images)
     paths = [os.path.join(images, f) for f in files]
     device = use_device(cfg.device)
@@ -65,7 +66,6 @@ def test(cfg, images: Optional[str] = None, classes: Optional[str] = None,
         # transductive: fitted on the readable images it labels
         inmap = {key: fit_unseen(cfg, enc.features[key][good], enc.texts[key][0])
                  for key in casc.inmap_mix}
-    lpp = {key: load_seen(cfg, manifest, key) for key in casc.lpp_mix}
     cascade = Cascade.from_config(cfg, inmap, lpp, len(names), n_seen,
                                   DogHead.from_manifest(cfg, manifest, casc.topk))
     with step("cascade: LP++, routing, dog head", times):

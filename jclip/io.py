@@ -40,6 +40,7 @@ _live = set()               # temporaries this process is writing now
 _lock = threading.RLock()   # re-entrant: the signal handler runs on the main thread
 _handled = {}               # signal -> True once our handler is installed
 _writes = [0]               # atomic writes this process made (the test hooks count them)
+_owner = [None]             # the pid that installed the handlers (whose temporaries _live holds)
 
 
 def _umask():
@@ -59,9 +60,29 @@ def _remove_live():
 
 def _on_signal(signum, _frame):
     # Remove our temporaries, then die of the same signal as without us.
-    _remove_live()
+    if os.getpid() == _owner[0]:
+        _remove_live()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _after_fork_in_child():
+    """A forked child (Jittor's compiler pool forks at ``import jittor``) writes
+    none of its parent's temporaries and must die of SIGTERM as it would
+    without jclip: Pool.terminate at exit waits for it, and a worker that
+    inherited the handler (and its lock, possibly held) once hung every
+    process that imported jittor after a write.  So the child starts clean."""
+    global _lock
+    _lock = threading.RLock()
+    _live.clear()
+    for name in list(_handled):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is _on_signal:
+            signal.signal(sig, signal.SIG_DFL)
+    _handled.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _install_handlers():
@@ -70,6 +91,7 @@ def _install_handlers():
     if _handled or threading.current_thread() is not threading.main_thread():
         return
     atexit.register(_remove_live)
+    _owner[0] = os.getpid()
     for name in ("SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)
         if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):

@@ -210,3 +210,37 @@ def test_the_swap_killed_at_every_write_leaves_a_usable_manifest(tmp_path):
     # finished: the heads under their usual names, no staging folder, no temporaries
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["dog_head.bin", "lpp_rn.bin", "lpp_vit.bin", "manifest.json", "val_dogs.txt"]
+
+
+FORK_SCRIPT = r"""
+import os, signal, sys, time
+from jclip import io
+path = sys.argv[1]
+with io.atomic_open(path, "w") as f:          # the handlers are ours now, and a temporary is live
+    f.write("parent's bytes")
+    assert signal.getsignal(signal.SIGTERM) is io._on_signal
+    r, w = os.pipe()
+    pid = os.fork()                             # as Jittor's compiler pool does at `import jittor`
+    if pid == 0:
+        clean = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and not io._live
+        os.write(w, b"1" if clean else b"0")
+        time.sleep(60)
+        os._exit(3)
+    child_clean = os.read(r, 1) == b"1"
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    live = [p for p in io._live if os.path.exists(p)]
+print(child_clean, os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, len(live))
+"""
+
+
+def test_a_forked_child_dies_of_sigterm_and_leaves_the_parents_temporaries(tmp_path):
+    # Jittor's compiler pool forks at import; its workers once inherited
+    # jclip's SIGTERM handler, survived Pool.terminate and hung the exit of
+    # every process that imported jittor after an atomic write
+    out = tmp_path / "f.txt"
+    r = subprocess.run([PY, "-c", FORK_SCRIPT, str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", "1"], r.stdout
+    assert out.read_text() == "parent's bytes"

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..metrics import topk_accuracy
-from .base import Head, as_features, as_labels, check_number, l2_normalize, softmax, val_split
+from .base import Head, as_features, check_number, l2_normalize, softmax
 from ..file_schema import Array, Float, Maybe
 from .tip_adapter import search_grid
 
@@ -104,12 +104,8 @@ class APE(Head):
             val_features: Optional[np.ndarray] = None,
             val_labels: Optional[np.ndarray] = None) -> "APE":
         """Refine the channels, build the cache, search (beta, alpha, gamma) on validation."""
-        p = self.check_params()
-        t = self._text_weights()
+        p, t, keys, y, vx, vy = self._labelled_shots(features, labels, val_features, val_labels)
         num_classes, dim = t.shape
-        keys = as_features(features, "features (shots)", dim=dim)
-        y = as_labels(labels, keys.shape[0], num_classes, "labels (of the shots)")
-        vx, vy = val_split(val_features, val_labels, dim, num_classes, keys.dtype)
         feat_num = dim * 500 // 1024 if p["feat_num"] is None else int(p["feat_num"])
         if feat_num > dim:
             raise ValueError(f"feat_num {feat_num} exceeds the feature width {dim}")

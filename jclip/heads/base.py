@@ -255,6 +255,18 @@ class Head:
                              f"text embeddings; pass them to the constructor")
         return as_features(self.text_weights, "text_weights")
 
+    def _labelled_shots(self, features, labels, val_features, val_labels) -> Tuple:
+        """(checked hyper-parameters, text weights (C, D), shots (N, D), their
+        labels (N,), validation features and labels or (None, None)): what a
+        head that learns from labelled shots checks before anything else."""
+        params = self.check_params()
+        text = self._text_weights()
+        num_classes, dim = text.shape
+        x = as_features(features, "features (shots)", dim=dim)
+        y = as_labels(labels, x.shape[0], num_classes, "labels (of the shots)")
+        vx, vy = val_split(val_features, val_labels, dim, num_classes, x.dtype)
+        return params, text, x, y, vx, vy
+
     # -- prediction --------------------------------------------------------
     def _check_fitted(self) -> None:
         if any(getattr(self, k, None) is None for k in self._fitted):

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..metrics import topk_accuracy
-from .base import Head, as_features, as_labels, check_number, val_split
+from .base import Head, as_features, check_number
 from ..file_schema import Array, Float, Maybe
 
 
@@ -78,14 +78,10 @@ class GDA(Head):
             val_features: Optional[np.ndarray] = None,
             val_labels: Optional[np.ndarray] = None) -> "GDA":
         """Estimate the class means and shared precision from the shots; pick alpha on validation."""
-        p = self.check_params()
-        t = self._text_weights()
-        num_classes, dim = t.shape
-        x = as_features(features, "features (shots)", dim=dim)
-        y = as_labels(labels, x.shape[0], num_classes, "labels (of the shots)")
+        p, t, x, y, vx, vy = self._labelled_shots(features, labels, val_features, val_labels)
+        num_classes = t.shape[0]
         if x.shape[0] < 2:
             raise ValueError("GDA needs at least 2 shots to estimate a covariance")
-        vx, vy = val_split(val_features, val_labels, dim, num_classes, x.dtype)
         self.text_weights_ = t.astype(x.dtype)
         self.logit_scale_ = float(p["logit_scale"])
         self.weight_, self.bias_ = gda_discriminant(x, y, num_classes)

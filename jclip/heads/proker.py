@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 
 from ..metrics import topk_accuracy
-from .base import Head, as_features, as_labels, check_number, val_split
+from .base import Head, as_features, check_number
 from ..file_schema import Array, Float, Maybe
 
 # the official configs_proker/hyperparameters.json: {shots: (beta, lambda)}
@@ -92,12 +92,8 @@ class ProKeR(Head):
             val_features: Optional[np.ndarray] = None,
             val_labels: Optional[np.ndarray] = None) -> "ProKeR":
         """Solve the kernel ridge regression on the shots (beta, lambda as the class docstring)."""
-        p = self.check_params()
-        t = self._text_weights()
-        num_classes, dim = t.shape
-        s = as_features(features, "features (shots)", dim=dim)
-        y = as_labels(labels, s.shape[0], num_classes, "labels (of the shots)")
-        vx, vy = val_split(val_features, val_labels, dim, num_classes, s.dtype)
+        p, t, s, y, vx, vy = self._labelled_shots(features, labels, val_features, val_labels)
+        num_classes = t.shape[0]
         t = t.astype(s.dtype)
         residual = -(s @ t.T)
         residual[np.arange(len(y)), y] += 1.0

@@ -106,8 +106,61 @@ def set_verbose(on: bool = True) -> None:
         jt.flags.log_silent = int(not on)
 
 
+def restore_python_signals() -> None:
+    """Give SIGINT and SIGCHLD back to Python after Jittor's library claimed them.
+
+    Loading Jittor installs C handlers that end the process at once: SIGINT
+    ("quick exit": no KeyboardInterrupt, so no ``finally`` and no removal of
+    jclip's temporary files) and SIGCHLD whenever any child dies of a signal
+    ("Maybe out of memory ... quick exit": a subprocess killed by SIGKILL or
+    a crashed image decoder would take jclip with it, silently, exit 1).
+    Python's own handlers (or whatever the program set through ``signal``)
+    are put back; Jittor's crash handlers (SIGSEGV, SIGBUS ...) stay.  Only
+    the main thread may set handlers; elsewhere this does nothing.
+    """
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, getattr(signal, "SIGCHLD", None)):
+        if sig is not None:
+            handler = signal.getsignal(sig)      # what Python believes is installed
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+class _AfterJittorImport:
+    """A meta-path finder that runs ``restore_python_signals`` right after the
+    module ``jittor`` has executed (jclip imports Jittor lazily, from many
+    modules; this is the one place that sees it happen).  Removes itself."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "jittor":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            restore_python_signals()
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _watch_jittor_import() -> None:
+    if "jittor" in sys.modules:
+        restore_python_signals()
+    elif not any(isinstance(f, _AfterJittorImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterJittorImport())
+
+
 def configure():
-    """Set nvcc_path / use_mkl / cache_name / log_silent in os.environ unless the user already did."""
+    """Set nvcc_path / use_mkl / cache_name / log_silent in os.environ unless the
+    user already did; have Python's SIGINT/SIGCHLD handling survive ``import jittor``."""
+    _watch_jittor_import()
     # Jittor names its compile cache after `git branch` run in its own folder;
     # inside a checkout (a .venv in the repo) that is the repo's branch, so the
     # cache would be rebuilt per branch.  One fixed name keeps it warm.

@@ -32,7 +32,6 @@ The trained parameters are swapped into the shared model only while this
 learner computes (``applied()``), so the model others hold keeps its weights.
 """
 import contextlib
-import hashlib
 import math
 import os
 import re
@@ -46,6 +45,7 @@ from jittor import nn
 from ..file_schema import Array, Float, ListOf, Str
 from ..heads.base import Head, as_labels, check_number
 from ..heads.head_file import ArrayDict
+from ..heads.prompts import check_model_identity, model_identity
 from ..heads.templates import clean_class_name
 from ..models.clip import normalize
 from ..models.tokenizer import tokenize
@@ -57,18 +57,8 @@ Images = Union[np.ndarray, Sequence[str]]
 
 
 def base_identity(model: Any) -> Tuple[str, str]:
-    """(name, SHA-256) of the base checkpoint: the file's for a loaded model
-    (``jclip.weights_sha256``), else a hash of every weight (a model built in
-    memory)."""
-    name = getattr(model, "name", None) or "unnamed"
-    if getattr(model, "_weights_sha256", None) or getattr(model, "weights_path", None):
-        from ..models.load import weights_sha256
-        return name, weights_sha256(model)
-    h = hashlib.sha256()
-    for key, var in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(np.ascontiguousarray(var.numpy(), dtype=np.float32).tobytes())
-    return name, "weights:" + h.hexdigest()
+    """(name, SHA-256) of the base checkpoint (every weight of a model built in memory)."""
+    return model_identity(model)
 
 
 def _owner(model: Any, name: str) -> Tuple[Any, str]:
@@ -150,22 +140,7 @@ class ClipFinetune(Head):
                  lr: float = 5e-5, betas: Tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
                  weight_decay: float = 0.2, chunk_size: int = 64, preprocess: Any = None,
                  seed: int = 0, progress: bool = False):
-        self.model = model
-        self.class_names = class_names
-        self.template = template
-        self.trainable = trainable
-        self.train_text = train_text
-        self.learn_logit_scale = learn_logit_scale
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.betas = betas
-        self.eps = eps
-        self.weight_decay = weight_decay
-        self.chunk_size = chunk_size
-        self.preprocess = preprocess
-        self.seed = seed
-        self.progress = progress
+        self._keep_params(locals())
 
     # -- the model with the trained parameters ---------------------------------
     @contextlib.contextmanager
@@ -396,12 +371,8 @@ class ClipFinetune(Head):
         return {"base": name, "base_sha256": sha}
 
     def _check_identity(self, recorded, path):
-        if self.model is None:
-            raise ValueError(f"{path}: loading needs the base CLIP model")
-        name, sha = base_identity(self.model)
-        if sha != recorded["base_sha256"]:
-            raise ValueError(f"{path}: trained on {recorded['base']} ({recorded['base_sha256'][:16]}...), "
-                             f"not on this model {name} ({sha[:16]}...)")
+        check_model_identity(path, recorded, "base", self.model, base_identity,
+                             "loading a ClipFinetune", "trained")
 
     def _after_load(self, path):
         """The saved parameters must fit the model they are applied to."""

@@ -75,15 +75,7 @@ class APE(Head):
                  w: Sequence[float] = (0.7, 0.3), init_beta: float = 1.0, init_alpha: float = 2.0,
                  init_gamma: float = 0.1, search_scale: Sequence[float] = (7.0, 7.0, 0.5),
                  search_step: Sequence[int] = (200, 20, 5), logit_scale: float = 100.0):
-        self.text_weights = text_weights
-        self.feat_num = feat_num
-        self.w = w
-        self.init_beta = init_beta
-        self.init_alpha = init_alpha
-        self.init_gamma = init_gamma
-        self.search_scale = search_scale
-        self.search_step = search_step
-        self.logit_scale = logit_scale
+        self._keep_params(locals())
 
     def check_params(self):
         """The hyper-parameters checked."""

@@ -221,6 +221,15 @@ class Head:
             out[name] = value
         return out
 
+    def _keep_params(self, args: Dict[str, Any]) -> None:
+        """Store every constructor argument as given (``self._keep_params(locals())``
+        as a constructor's only work: scikit-learn's rule, nothing checked or
+        derived there; ``check_params`` and ``fit`` do that)."""
+        known = set(self.param_names())
+        for name, value in args.items():     # a parent's constructor gets a subset of them
+            if name in known:
+                setattr(self, name, value)
+
     def get_params(self, deep: bool = False) -> Dict[str, Any]:
         """The constructor's arguments as stored (scikit-learn's ``get_params``).
 

@@ -39,9 +39,7 @@ class CoCoOp(CoOp):
                  warmup_lr: float = 1e-5, chunk_size: int = 512, seed: int = 0, progress: bool = False,
                  episode: Optional[Any] = None, episodes_per_epoch: int = 100,
                  val_class_names: Optional[Sequence[str]] = None):
-        super().__init__(model, class_names, n_ctx, ctx_init, class_specific, position, epochs,
-                         batch_size, lr, momentum, weight_decay, warmup_epochs, warmup_lr, chunk_size,
-                         seed, progress, episode, episodes_per_epoch, val_class_names)
+        self._keep_params(locals())     # CoOp's parameters, with CoCoOp's defaults
 
     def _init_extra(self, rng):
         d, h = self.embed_dim, max(1, self.embed_dim // 16)

@@ -32,7 +32,7 @@ from .base import Head, as_features, as_labels, check_number, l2_normalize
 from ..file_schema import Array, Float, Int, ListOf, Maybe, Str
 from .head_file import ArrayDict, AsTuple
 from .episodes import check_episode_data, parse_episode, sample_episode
-from .prompts import POSITIONS, PromptTable, backbone_identity
+from .prompts import POSITIONS, PromptTable, backbone_identity, check_model_identity
 
 
 def copy_params(params: Dict[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
@@ -89,25 +89,7 @@ class CoOp(Head):
                  warmup_lr: float = 1e-5, chunk_size: int = 512, seed: int = 0, progress: bool = False,
                  episode: Optional[Any] = None, episodes_per_epoch: int = 100,
                  val_class_names: Optional[Sequence[str]] = None):
-        self.model = model
-        self.class_names = class_names
-        self.n_ctx = n_ctx
-        self.ctx_init = ctx_init
-        self.class_specific = class_specific
-        self.position = position
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.warmup_epochs = warmup_epochs
-        self.warmup_lr = warmup_lr
-        self.chunk_size = chunk_size
-        self.seed = seed
-        self.progress = progress
-        self.episode = episode
-        self.episodes_per_epoch = episodes_per_epoch
-        self.val_class_names = val_class_names
+        self._keep_params(locals())
 
     def check_params(self):
         """The prompt and training settings, checked (see ``Head.check_params``);
@@ -354,12 +336,8 @@ class CoOp(Head):
         return {"backbone": name, "backbone_sha256": sha}
 
     def _check_identity(self, recorded, path):
-        if self.model is None:
-            raise ValueError(f"{path}: loading a {type(self).__name__} needs the CLIP model")
-        name, sha = backbone_identity(self.model)
-        if sha != recorded["backbone_sha256"]:
-            raise ValueError(f"{path}: learned on {recorded['backbone']} ({recorded['backbone_sha256'][:16]}...), "
-                             f"not on this model {name} ({sha[:16]}...)")
+        check_model_identity(path, recorded, "backbone", self.model, backbone_identity,
+                             f"loading a {type(self).__name__}", "learned")
 
     def _after_load(self, path):
         """The prompt table from the model; the saved parameters must fit it."""

@@ -58,10 +58,7 @@ class GDA(Head):
     def __init__(self, text_weights: Optional[np.ndarray] = None,
                  alphas: Sequence[float] = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0),
                  default_alpha: float = 0.1, logit_scale: float = 100.0):
-        self.text_weights = text_weights
-        self.alphas = alphas
-        self.default_alpha = default_alpha
-        self.logit_scale = logit_scale
+        self._keep_params(locals())
 
     def check_params(self):
         """The hyper-parameters checked."""

@@ -128,18 +128,7 @@ class InMaP(Head):
                  iters_sinkhorn: int = 20, tau_t: float = 0.01, tau_i: float = 0.04, alpha: float = 0.6,
                  gamma: float = 0.0, class_prior: Optional[Sequence[float]] = None,
                  use_sinkhorn: bool = True, snapshots: Sequence[int] = (), progress: bool = False):
-        self.text_weights = text_weights
-        self.lr = lr
-        self.iters = iters
-        self.iters_sinkhorn = iters_sinkhorn
-        self.tau_t = tau_t
-        self.tau_i = tau_i
-        self.alpha = alpha
-        self.gamma = gamma
-        self.class_prior = class_prior
-        self.use_sinkhorn = use_sinkhorn
-        self.snapshots = snapshots
-        self.progress = progress
+        self._keep_params(locals())
 
     def check_params(self):
         """The optimisation settings, checked (see ``Head.check_params``);

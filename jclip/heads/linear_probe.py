@@ -39,10 +39,7 @@ class LinearProbe(Head):
 
     def __init__(self, Cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0), max_iter: int = 2000,
                  gtol: float = 1e-5, num_classes: Optional[int] = None):
-        self.Cs = Cs
-        self.max_iter = max_iter
-        self.gtol = gtol
-        self.num_classes = num_classes
+        self._keep_params(locals())
 
     @staticmethod
     def _solve(model, x, y, c, num_classes, gtol):

@@ -76,13 +76,7 @@ class LPPlusPlus(Head):
     def __init__(self, text_weights: Optional[np.ndarray] = None, epochs: int = 300,
                  momentum: float = 0.9, alpha_every: int = 10, alpha_scale: float = 250.0,
                  accumulate_alpha_grad: bool = True, seed: int = 0):
-        self.text_weights = text_weights
-        self.epochs = epochs
-        self.momentum = momentum
-        self.alpha_every = alpha_every
-        self.alpha_scale = alpha_scale
-        self.accumulate_alpha_grad = accumulate_alpha_grad
-        self.seed = seed
+        self._keep_params(locals())
 
     def check_params(self):
         """The schedule's settings, checked (see ``Head.check_params``)."""

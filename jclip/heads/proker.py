@@ -58,11 +58,7 @@ class ProKeR(Head):
     def __init__(self, text_weights: Optional[np.ndarray] = None, beta: Optional[float] = None,
                  lmbda: Optional[float] = None, beta_grid: Sequence[float] = (0.5, 3.0, 20),
                  lmbda_grid: Sequence[float] = (0.001, 1.0, 10)):
-        self.text_weights = text_weights
-        self.beta = beta
-        self.lmbda = lmbda
-        self.beta_grid = beta_grid
-        self.lmbda_grid = lmbda_grid
+        self._keep_params(locals())
 
     def check_params(self):
         """The hyper-parameters checked."""

@@ -20,19 +20,40 @@ from .templates import clean_class_name
 POSITIONS = ("end", "middle", "front")
 
 
-def backbone_identity(model: Any):
-    """(name, sha256) of the CLIP the prompts were learned on.  A model not
-    loaded from a file is identified by a hash of its text-encoder weights."""
+def model_identity(model: Any, text_only: bool = False):
+    """(name, sha256) of the CLIP a head was learned on: the weights file's
+    (``jclip.weights_sha256``) for a loaded model, else a hash of its weights
+    (``text_only``: of the text encoder's, all a prompt learner depends on)
+    for a model built in memory."""
     name = getattr(model, "name", None) or "unnamed"
     if getattr(model, "_weights_sha256", None) or getattr(model, "weights_path", None):
         from ..models.load import weights_sha256
         return name, weights_sha256(model)
     h = hashlib.sha256()
     for key, var in sorted(model.state_dict().items()):
-        if not key.startswith("visual."):
+        if not (text_only and key.startswith("visual.")):
             h.update(key.encode())
             h.update(np.ascontiguousarray(var.numpy(), dtype=np.float32).tobytes())
-    return name, "text-weights:" + h.hexdigest()
+    return name, ("text-weights:" if text_only else "weights:") + h.hexdigest()
+
+
+def backbone_identity(model: Any):
+    """``model_identity`` of a prompt learner's CLIP (its text encoder)."""
+    return model_identity(model, text_only=True)
+
+
+def check_model_identity(path: str, recorded: dict, name_key: str, model: Any, identity,
+                         needs: str, verb: str) -> None:
+    """ValueError naming ``path`` unless ``model`` is the one the file records
+    (``recorded[name_key]`` and ``recorded[name_key + "_sha256"]``); ``needs``
+    and ``verb`` word the messages ("loading a CoOp", "learned")."""
+    if model is None:
+        raise ValueError(f"{path}: {needs} needs the CLIP model")
+    name, sha = identity(model)
+    want = recorded[name_key + "_sha256"]
+    if sha != want:
+        raise ValueError(f"{path}: {verb} on {recorded[name_key]} ({want[:16]}...), "
+                         f"not on this model {name} ({sha[:16]}...)")
 
 
 class PromptTable:

@@ -44,14 +44,7 @@ class TipAdapter(Head):
     def __init__(self, text_weights: Optional[np.ndarray] = None, beta_scale: float = 7.0,
                  beta_steps: int = 200, alpha_scale: float = 3.0, alpha_steps: int = 20,
                  init_beta: float = 1.0, init_alpha: float = 1.17, logit_scale: float = 100.0):
-        self.text_weights = text_weights
-        self.beta_scale = beta_scale
-        self.beta_steps = beta_steps
-        self.alpha_scale = alpha_scale
-        self.alpha_steps = alpha_steps
-        self.init_beta = init_beta
-        self.init_alpha = init_alpha
-        self.logit_scale = logit_scale
+        self._keep_params(locals())
 
     def check_params(self):
         """The search grids and initial values, checked (see ``Head.check_params``)."""
@@ -154,15 +147,7 @@ class TipAdapterF(TipAdapter):
                  batch_size: int = 256, seed: int = 0, beta_scale: float = 7.0, beta_steps: int = 200,
                  alpha_scale: float = 3.0, alpha_steps: int = 20, init_beta: float = 1.0,
                  init_alpha: float = 1.17, logit_scale: float = 100.0):
-        super().__init__(text_weights, beta_scale, beta_steps, alpha_scale, alpha_steps, init_beta,
-                         init_alpha, logit_scale)
-        self.epochs = epochs
-        self.lr = lr
-        self.eps = eps
-        self.weight_decay = weight_decay
-        self.betas = betas
-        self.batch_size = batch_size
-        self.seed = seed
+        self._keep_params(locals())     # Tip-Adapter's parameters and AdamW's
 
     def check_params(self):
         """Tip-Adapter's checks plus AdamW's settings (see ``Head.check_params``)."""

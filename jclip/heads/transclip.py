@@ -95,15 +95,7 @@ class TransCLIP(Head):
                  gammas: Sequence[float] = (0.002, 0.01, 0.02, 0.2), lambda_zs: float = 1.0,
                  lambda_fs: float = 0.5, outer_iters: int = 10, inner_iters: int = 5,
                  n_neighbors: int = 3, official_support_order: bool = True):
-        self.text_weights = text_weights
-        self.init = init
-        self.gammas = gammas
-        self.lambda_zs = lambda_zs
-        self.lambda_fs = lambda_fs
-        self.outer_iters = outer_iters
-        self.inner_iters = inner_iters
-        self.n_neighbors = n_neighbors
-        self.official_support_order = official_support_order
+        self._keep_params(locals())
 
     def check_params(self):
         """The hyper-parameters checked (ranges added to the base's kinds)."""

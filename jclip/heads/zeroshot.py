@@ -51,8 +51,7 @@ class ZeroShot(Head):
     fitted_spec = {"text_weights_": Array("f", ("C", "D")), "logit_scale_": Float()}
 
     def __init__(self, text_weights: Optional[np.ndarray] = None, logit_scale: float = 100.0):
-        self.text_weights = text_weights
-        self.logit_scale = logit_scale
+        self._keep_params(locals())
 
     def check_params(self):
         """``logit_scale`` checked (see ``Head.check_params``)."""

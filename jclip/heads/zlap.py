@@ -71,14 +71,7 @@ class ZLaP(Head):
     def __init__(self, text_weights: Optional[np.ndarray] = None, init: Optional[Head] = None,
                  k: int = 5, gamma: float = 5.0, alpha: float = 0.3, scale_sim: Optional[bool] = None,
                  tol: float = 1e-6, maxiter: int = 50):
-        self.text_weights = text_weights
-        self.init = init
-        self.k = k
-        self.gamma = gamma
-        self.alpha = alpha
-        self.scale_sim = scale_sim
-        self.tol = tol
-        self.maxiter = maxiter
+        self._keep_params(locals())
 
     def check_params(self):
         """The hyper-parameters checked (ranges added to the base's kinds)."""

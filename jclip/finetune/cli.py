@@ -65,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run(a: argparse.Namespace) -> None:
     from .model import load_finetuned
-    from .predict import predict
+    from .prediction import predict
     from .training import train
     if a.cmd == "train":
         r = train(a.weights, a.list, a.labels, a.root, a.val_list, a.out, a.mode,

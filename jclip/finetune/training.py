@@ -26,7 +26,7 @@ from ..progress import progress
 from ..weights.checkpoint import save_state_dict
 from .data import LabelRange, eval_transform, image_batches, parse_label_range, read_list, train_transform
 from .model import load_backbone, tail, trainable_prefixes, trunk
-from .predict import predict_logits
+from .prediction import predict_logits
 
 
 def smooth_ce(logits: jt.Var, labels: jt.Var, eps: float) -> jt.Var:

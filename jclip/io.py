@@ -173,6 +173,19 @@ def _before_rename(path: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+# a write that failed for want of room or of the disk: write(2) names no file
+_WRITE_ERRNOS = {errno.EFBIG, errno.ENOSPC, errno.EIO, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _naming(error: BaseException, path: str) -> BaseException:
+    """``error`` as an OSError naming ``path`` when it is a failed write that
+    names no file (a full disk: "[Errno 28] No space left on device" would not
+    say which output failed); any other exception as it is."""
+    if isinstance(error, OSError) and error.filename is None and error.errno in _WRITE_ERRNOS:
+        return OSError(error.errno, error.strerror, path)
+    return error
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="wb", check: Optional[Callable[[str], object]] = None,
                 fsync=True, **open_kw):
@@ -206,10 +219,13 @@ def atomic_open(path, mode="wb", check: Optional[Callable[[str], object]] = None
         os.replace(tmp, path)
         if fsync:
             fsync_dir(folder)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        named = _naming(e, path)
+        if named is e:
+            raise
+        raise named from e
     finally:
         with _lock:
             _live.discard(tmp)
@@ -280,10 +296,13 @@ def atomic_copy(src, dst) -> None:
         _before_rename(dst)
         os.replace(tmp, dst)
         fsync_dir(folder)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        named = _naming(e, dst)
+        if named is e:
+            raise
+        raise named from e
     finally:
         with _lock:
             _live.discard(tmp)

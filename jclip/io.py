@@ -187,6 +187,25 @@ def _naming(error: BaseException, path: str) -> BaseException:
 
 
 @contextlib.contextmanager
+def _removed_on_failure(tmp: str, path: str) -> Iterator[None]:
+    """Within the block ``tmp`` is ``path``'s temporary: any failure (an
+    exception, SIGINT) removes it and is raised again, a failed write
+    re-raised naming ``path``; either way ``tmp`` is no longer live after."""
+    try:
+        yield
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        named = _naming(e, path)
+        if named is e:
+            raise
+        raise named from e
+    finally:
+        with _lock:
+            _live.discard(tmp)
+
+
+@contextlib.contextmanager
 def atomic_open(path, mode="wb", check: Optional[Callable[[str], object]] = None,
                 fsync=True, **open_kw):
     """``with atomic_open(path) as f: f.write(...)`` puts the file in place only
@@ -206,7 +225,7 @@ def atomic_open(path, mode="wb", check: Optional[Callable[[str], object]] = None
     with _lock:   # registered before a signal can find it unregistered
         fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=folder)
         _live.add(tmp)
-    try:
+    with _removed_on_failure(tmp, path):
         with os.fdopen(fd, mode, **open_kw) as f:
             yield f
             f.flush()
@@ -219,16 +238,6 @@ def atomic_open(path, mode="wb", check: Optional[Callable[[str], object]] = None
         os.replace(tmp, path)
         if fsync:
             fsync_dir(folder)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        named = _naming(e, path)
-        if named is e:
-            raise
-        raise named from e
-    finally:
-        with _lock:
-            _live.discard(tmp)
 
 
 class WriteCheckError(OSError):
@@ -281,7 +290,7 @@ def atomic_copy(src, dst) -> None:
     tmp = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-link-{os.path.basename(dst)}")
     with _lock:
         _live.add(tmp)
-    try:
+    with _removed_on_failure(tmp, dst):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         try:
@@ -296,16 +305,6 @@ def atomic_copy(src, dst) -> None:
         _before_rename(dst)
         os.replace(tmp, dst)
         fsync_dir(folder)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        named = _naming(e, dst)
-        if named is e:
-            raise
-        raise named from e
-    finally:
-        with _lock:
-            _live.discard(tmp)
 
 
 def sha256_file(path, chunk=1 << 20):

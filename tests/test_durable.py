@@ -3,11 +3,10 @@ write fails with EFBIG), bytes lost after a write, and a SIGKILL at each
 atomic write (jclip/io.py's JCLIP_KILL_AT_WRITE hook).  Afterwards the
 previous outputs still work and a rerun completes.
 
-Fast: jclip.io itself, extract's shard writer, and train.sh's swap
-(manifest.begin/commit) killed at every one of its writes.  Slow: the real
-train.sh killed at every write it makes, and train.sh, test.sh, jclip.extract
-and convert.py on a full disk, on a miniature contest (one tiny CLIP, a
-ConvNeXt-V2 atto, tiny images; the layout of tests/test_pipeline_e2e.py).
+Here, fast: jclip.io itself, extract's shard writer, and train.sh's swap
+(manifest.begin/commit) killed at every one of its writes.  The real
+commands (train.sh killed at every write it makes; train.sh, test.sh,
+jclip.extract and convert.py on a full disk) are tests/test_fault_injection.py.
 """
 import json
 import os

@@ -92,7 +92,9 @@ def test_two_ranks_give_the_one_process_study(mpirun, study_inputs, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_image_failing_on_one_rank_fails_the_run_naming_it(mpirun, study_inputs, tmp_path):
+def test_an_unreadable_image_on_the_other_rank_is_named_and_skipped(mpirun, study_inputs, tmp_path):
+    # as in one process: reported with its path, counted, left out (not fatal),
+    # though the rank that read it is not the one writing the outputs
     import shutil
     from jclip import distributed
     from jclip.fewshot.datasets import load_dataset
@@ -106,11 +108,13 @@ def test_an_image_failing_on_one_rank_fails_the_run_naming_it(mpirun, study_inpu
     paths, first = (ds.train_paths, where) if where is not None else \
         (ds.test_paths, ds.test_paths.index(str(broken / "yellow" / "8.png")))
     bad = next(r for r in range(2) if first in range(len(paths))[distributed.shard(len(paths), BATCH, of=(r, 2))])
-    assert bad == 1          # the rank that is not the one writing: its failure must end the run
+    assert bad == 1          # the rank that is not the one writing
     r = fewshot(mpirun, broken, model, tmp_path / "out", timeout=300)
-    assert r.returncode != 0
-    assert f"error: rank {bad} of 2: " in r.stderr and "8.png" in r.stderr, r.stderr[-3000:]
-    assert not (tmp_path / "out" / "run").exists()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "8.png: unreadable image; skipped" in r.stderr and "1 unreadable image(s) skipped" in r.stderr, \
+        r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert any((tmp_path / "out").iterdir())
 
 
 @pytest.mark.slow

@@ -32,10 +32,11 @@ import difflib
 import json
 import math
 import numbers
-import re
 import typing
 from dataclasses import field
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Set, Tuple
+
+from .json_depth import json_depth
 
 __all__ = ["ConfigError", "FrozenDict", "Schema", "setting", "internal", "read_json", "parse_override",
            "blame_override", "json_type", "to_json"]
@@ -91,19 +92,6 @@ def _no_duplicates(path):
 
 
 MAX_CONFIG_CHARS, MAX_CONFIG_DEPTH = 16 << 20, 64
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-
-
-def _depth(text: str) -> int:
-    """The deepest nesting of [ and { (strings skipped), without numpy."""
-    depth = deepest = 0
-    for ch in _JSON_STRING.sub('""', text):
-        if ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
 
 
 def read_json(path: str) -> Dict[str, Any]:
@@ -118,7 +106,7 @@ def read_json(path: str) -> Dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if len(text) > MAX_CONFIG_CHARS:
         raise ConfigError(f"{path}: over {MAX_CONFIG_CHARS} characters; not a configuration")
-    depth = _depth(text)
+    depth = json_depth(text)
     if depth > MAX_CONFIG_DEPTH:   # checked before the parser recurses
         raise ConfigError(f"{path}: JSON nested {depth} deep (at most {MAX_CONFIG_DEPTH})")
     try:

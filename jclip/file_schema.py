@@ -23,9 +23,11 @@ import math
 import os
 import re
 import zipfile
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from .json_depth import json_depth
 
 MAX_JSON_BYTES = 64 << 20      # a header, index or manifest: far below this
 MAX_JSON_DEPTH = 64
@@ -256,16 +258,6 @@ def check_value(path: str, value, spec: Spec, key: str = ""):
 # --------------------------------------------------------------------------
 # Bounded JSON
 # --------------------------------------------------------------------------
-
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
-
-
-def json_depth(data: bytes) -> int:
-    """The deepest nesting of [ and { in a JSON text (strings skipped)."""
-    b = np.frombuffer(_STRING.sub(b'""', data), np.uint8)
-    step = np.isin(b, (0x5B, 0x7B)).astype(np.int32) - np.isin(b, (0x5D, 0x7D))
-    return int(np.cumsum(step).max(initial=0))
-
 
 def loads_bounded(data: Union[bytes, str], what: str, max_bytes: int = MAX_JSON_BYTES,
                   max_depth: int = MAX_JSON_DEPTH):

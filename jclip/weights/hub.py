@@ -30,6 +30,7 @@ import time
 from typing import Callable, Optional, Tuple
 
 from ..catalog import HUB_FILES, ModelCard
+from ..json_depth import json_depth
 from ..io import sha256_file
 from . import download as dl
 
@@ -67,33 +68,11 @@ def _on_request(request) -> None:
         request.extensions["timeout"] = {k: t.timeout for k in ("connect", "read", "write", "pool")}
 
 
-def _json_depth_ok(raw: bytes) -> bool:
-    """True when ``raw``'s brackets (outside strings) nest at most MAX_JSON_DEPTH deep."""
-    depth, in_str, escaped = 0, False, False
-    for ch in raw.decode("utf-8", "replace"):
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                return False
-        elif ch in "]}":
-            depth -= 1
-    return True
-
-
 def _small_body(raw: bytes) -> bytes:
     """An error answer's body as the library may read it: plain text kept, JSON
     only when it is a shallow object (a list, a scalar or a deep tree makes the
     library raise a traceback instead of its error)."""
-    if not _json_depth_ok(raw):
+    if json_depth(raw) > MAX_JSON_DEPTH:
         return b""
     try:
         data = json.loads(raw)

@@ -75,20 +75,48 @@ def mpirun():
 # -- test order -------------------------------------------------------------
 # `pytest tests --shuffle SEED` runs the collected tests in an order drawn
 # from SEED, to show that no test depends on another's leftovers (no plugin
-# needed; the seed is printed so a failing order can be replayed).
+# needed; the seed is printed so a failing order can be replayed).  As
+# pytest-random-order does by default, the files come in a random order and
+# each file's tests in a random order within it, so a file's module-scoped
+# fixtures are built once; `--shuffle-bucket global` interleaves the files
+# too (every change of file tears those fixtures down and builds them again:
+# slower, and a harder test of the fixtures themselves).
 
 def pytest_addoption(parser):
     parser.addoption("--shuffle", type=int, default=None, metavar="SEED",
                      help="run the tests in a random order drawn from SEED")
+    parser.addoption("--shuffle-bucket", choices=("module", "global"), default="module",
+                     help="module: shuffle the files and the tests within each file (default); "
+                          "global: shuffle all tests together")
 
 
 def pytest_report_header(config):
     seed = config.getoption("--shuffle")
-    return None if seed is None else f"test order shuffled with --shuffle {seed}"
+    if seed is None:
+        return None
+    return f"test order shuffled with --shuffle {seed} --shuffle-bucket {config.getoption('--shuffle-bucket')}"
+
+
+def shuffled(items, seed, bucket):
+    """``items`` in the order drawn from ``seed``: all together (``global``) or
+    file by file (``module``: the files' order and each file's order drawn)."""
+    import random
+    rng = random.Random(seed)
+    if bucket == "global":
+        items = list(items)
+        rng.shuffle(items)
+        return items
+    files = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    groups = list(files.values())
+    rng.shuffle(groups)
+    for group in groups:
+        rng.shuffle(group)
+    return [item for group in groups for item in group]
 
 
 def pytest_collection_modifyitems(config, items):
     seed = config.getoption("--shuffle")
     if seed is not None:
-        import random
-        random.Random(seed).shuffle(items)
+        items[:] = shuffled(items, seed, config.getoption("--shuffle-bucket"))

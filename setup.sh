@@ -40,3 +40,9 @@ if ! "$VPY" scripts/check_requirements.py "$REQ" 2>/dev/null; then
   "$VPY" -m pip install -q --disable-pip-version-check -r "$REQ"
 fi
 "$VPY" -c "import jclip" 2>/dev/null || "$VPY" -m pip install -q --disable-pip-version-check --no-deps -e .
+# Jittor compiles its core the first time it is imported from a new install
+# path (~5 min on 2 cores): do it here, once, so the first command (or test)
+# does not pay for it silently; on a warm cache this is a 3 s check that
+# Jittor loads.
+echo "setup: loading Jittor (its one-time compile in a new .venv takes ~5 min on 2 cores)"
+"$VPY" -c "import jclip, jittor" || { echo "setup: ERROR: Jittor does not load (run: $VPY -c 'import jclip, jittor')"; exit 1; }

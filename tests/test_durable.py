@@ -243,3 +243,35 @@ def test_a_forked_child_dies_of_sigterm_and_leaves_the_parents_temporaries(tmp_p
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "True", "1"], r.stdout
     assert out.read_text() == "parent's bytes"
+
+
+def test_a_moved_out_folder_uses_its_own_heads_and_an_old_manifest_still_reads(tmp_path):
+    """The manifest names the heads relative to its folder: a copy of out/
+    (another machine, a renamed folder) is checked against and loads its own
+    files, not the original's; a manifest written before (absolute paths, no
+    marker) reads as it did."""
+    import shutil
+    from jclip.pipeline import manifest
+    from jclip.pipeline.config import load_config
+    (tmp_path / "shots.txt").write_text("a.jpg 0\n")
+    assert run([PY, "-c", SWAP, str(tmp_path), "old"]).returncode == 0
+    stored = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert stored["outputs_relative_to_manifest"] is True
+    assert {e["path"] for e in stored["outputs"].values()} == {"lpp_rn.bin", "lpp_vit.bin", "dog_head.bin"}
+    shutil.copytree(tmp_path / "out", tmp_path / "copy")
+    (tmp_path / "out" / "lpp_rn.bin").write_text("replaced in the original")
+    cfg = load_config(None, [f"out_dir={tmp_path}/copy", "lpp.epochs=10"])
+    m = manifest.read(cfg)
+    assert {e["path"] for e in m["outputs"].values()} == {
+        str(tmp_path / "copy" / n) for n in ("lpp_rn.bin", "lpp_vit.bin", "dog_head.bin")}
+    with pytest.raises(ValueError, match="lpp_rn.bin: not the lpp_rn head"):
+        manifest.read(load_config(None, [f"out_dir={tmp_path}/out", "lpp.epochs=10"]))
+    # the form written before: absolute paths, no marker
+    old = json.loads(json.dumps(stored))
+    del old["outputs_relative_to_manifest"]
+    for entry in old["outputs"].values():
+        entry["path"] = str(tmp_path / "copy" / entry["path"])
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(old))
+    m = manifest.read(load_config(None, [f"out_dir={tmp_path}/old", "lpp.epochs=10"]))
+    assert m["outputs"]["lpp_rn"]["path"] == str(tmp_path / "copy" / "lpp_rn.bin")

@@ -97,14 +97,11 @@ def write_log(path):
 
 
 def trained_copy(src, dst):
-    """A copy of a trained out folder whose manifest names the copy's heads
-    (the manifest records absolute paths: a plain copy's names src's heads)."""
+    """A copy of a trained out folder (its manifest names the heads relative
+    to itself, so the copy's manifest names the copy's heads)."""
     shutil.copytree(src, dst)
     m = json.loads((dst / "manifest.json").read_text())
-    for entry in m["outputs"].values():
-        assert os.path.dirname(entry["path"]) == str(src), entry
-        entry["path"] = str(dst / os.path.basename(entry["path"]))
-    (dst / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
+    assert all(not os.path.isabs(e["path"]) for e in m["outputs"].values()), m["outputs"]
     return dst
 
 

@@ -326,8 +326,10 @@ def test_manifest_records_config_seeds_and_hashes(pipeline):
     shots = out / "lists" / "train_4shot.txt"
     assert m["train_4shot"]["sha256"] == hashlib.sha256(shots.read_bytes()).hexdigest()
     assert m["split"]["seed"] == 3 and m["config"]["lpp"]["seed"] == pipeline["cfg"]["lpp"]["seed"]
+    assert m["outputs_relative_to_manifest"] is True
     for key in ("lpp_vit", "lpp_rn", "dog_head"):
-        path = m["outputs"][key]["path"]
+        path = out / m["outputs"][key]["path"]        # named relative to out/: a copy uses its own
+        assert m["outputs"][key]["path"] == f"{key}.{'safetensors' if key == 'dog_head' else 'npz'}"
         assert m["outputs"][key]["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert len(m["backbones"]["dog"]["sha256"]) == 64
     assert len(m["backbones"]["vit"]["source_sha256"]) == 64

@@ -12,6 +12,12 @@ or a SIGKILL at any point leaves a manifest whose every head is present and
 the one it records: the previous run's, or the new one's.  Every head file's
 SHA-256 is recorded, so a head replaced after training is refused instead of
 silently used.  The manifest itself is checked against ``SCHEMA``.
+
+The manifest names the files inside ``out_dir`` relative to its own folder
+(``lpp_rn.npz``, ``.train-<pid>-XXXX/lpp_rn.npz``), so a copied or moved
+``out_dir`` uses its own heads; in memory (``read``) they are absolute paths.
+Manifests written before this (no ``RELATIVE`` key) name them as train.sh was
+given them, relative to its working directory or absolute.
 """
 import atexit
 import json
@@ -21,12 +27,13 @@ import tempfile
 from typing import Any, Dict
 
 from ..data.contest import ContestFormatError
-from ..file_schema import (Any_, DictOf, FileFormatError, Float, Int, Maybe, OneOf, Record, Sha256,
-                           Str, read_json)
+from ..file_schema import (Any_, Bool, DictOf, FileFormatError, Float, Int, Maybe, OneOf, Record,
+                           Sha256, Str, read_json)
 from ..io import atomic_copy, atomic_write_text, fsync_dir, sha256_file
 
 MANIFEST = "manifest.json"
 STAGING = ".train-"      # a run's staging folder inside out_dir: .train-<pid>-XXXX
+RELATIVE = "outputs_relative_to_manifest"   # true: outputs' paths are relative to the manifest's folder
 # the settings that shape the trained heads: test.sh and val.sh must use the same
 TRAIN_SETTINGS = ("backbones", "templates", "domain_suffix", "lpp", "dog_head")
 
@@ -41,8 +48,8 @@ SCHEMA = Record({
     "config": DictOf(Any_()), "config_file": Str(), "device": Str(),
     "train_4shot": Record({"path": Str(), "sha256": Sha256()}), "val": _FILE,
     "backbones": DictOf(_BACKBONE), "outputs": DictOf(_OUTPUT), "split": Any_(),
-    "times_s": DictOf(Float(0)), "total_s": Float(0)},
-    optional=("split", "times_s", "total_s"), extra=True)
+    "times_s": DictOf(Float(0)), "total_s": Float(0), RELATIVE: Bool()},
+    optional=("split", "times_s", "total_s", RELATIVE), extra=True)
 
 
 _abandon = {}            # staging folder -> its clean-up at exit (until committed)
@@ -52,13 +59,36 @@ def manifest_path(cfg) -> str:
     return os.path.join(cfg.out_dir, MANIFEST)
 
 
+def _stored(manifest: Dict[str, Any], folder: str) -> Dict[str, Any]:
+    """The form written to ``folder/manifest.json``: a copy whose outputs inside
+    ``folder`` are named relative to it."""
+    m = json.loads(json.dumps(manifest))
+    base = os.path.abspath(folder)
+    for entry in m["outputs"].values():
+        p = os.path.abspath(entry["path"])
+        if os.path.commonpath([p, base]) == base:
+            entry["path"] = os.path.relpath(p, base)
+    m[RELATIVE] = True
+    return m
+
+
+def _resolved(manifest: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """``manifest`` as read from ``path``, its outputs' paths made absolute (the
+    form train.sh builds in memory: no RELATIVE key)."""
+    base = os.path.dirname(os.path.abspath(path)) if manifest.pop(RELATIVE, False) else os.getcwd()
+    for entry in manifest["outputs"].values():
+        entry["path"] = os.path.normpath(os.path.join(base, entry["path"]))   # an absolute one stays
+    return manifest
+
+
 def _listed_folders(out_dir: str) -> set:
     """The folders of the head files the current manifest lists (if readable)."""
+    path = os.path.join(out_dir, MANIFEST)
     try:
-        m = read_json(os.path.join(out_dir, MANIFEST), SCHEMA)
+        m = _resolved(read_json(path, SCHEMA), path)
     except FileFormatError:
         return set()
-    return {os.path.abspath(os.path.dirname(e["path"])) for e in m["outputs"].values()}
+    return {os.path.dirname(e["path"]) for e in m["outputs"].values()}
 
 
 def _remove_unless_listed(out_dir: str, staging: str) -> None:
@@ -88,7 +118,7 @@ def begin(cfg) -> str:
 def write(cfg, manifest: Dict[str, Any]) -> str:
     """Write the manifest atomically (checked against SCHEMA as read back); returns its path."""
     path = manifest_path(cfg)
-    atomic_write_text(path, json.dumps(manifest, indent=1) + "\n", check=read_checked)
+    atomic_write_text(path, json.dumps(_stored(manifest, cfg.out_dir), indent=1) + "\n", check=read_checked)
     return path
 
 
@@ -122,9 +152,10 @@ def output_entry(path: str, **extra) -> Dict[str, Any]:
 
 def read_checked(path: str) -> Dict[str, Any]:
     """A manifest file checked against SCHEMA, its ``config`` a valid
-    configuration (FileFormatError naming the file and key)."""
+    configuration (FileFormatError naming the file and key); its outputs'
+    paths absolute."""
     from .config import ConfigError, config_from_dict
-    manifest = read_json(path, SCHEMA)
+    manifest = _resolved(read_json(path, SCHEMA), path)
     try:
         cfg = config_from_dict(manifest["config"], "config")
     except ConfigError as e:

@@ -322,8 +322,9 @@ def load_features(folder: str, model: Optional[str] = None) -> Features:
     Raises FeaturesError naming the folder or shard that is missing, corrupt
     or of another model.
     """
-    if not os.path.isfile(os.path.join(folder, INDEX)) or not os.path.isfile(os.path.join(folder, PATHS)):
-        raise FeaturesError(f"{folder}: not a features folder of jclip.extract (no {INDEX} and {PATHS})")
+    missing = [name for name in (INDEX, PATHS) if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise FeaturesError(f"{folder}: not a features folder of jclip.extract (no {' and no '.join(missing)})")
     try:
         index = read_index(folder)
         if model is not None and index["model"] != model:

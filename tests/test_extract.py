@@ -201,3 +201,11 @@ def test_two_ranks_write_the_same_arrays_and_resume(collection, first, tmp_path,
     r = extract(*args(weights, images, out), prefix=mpirun)
     assert "3 of 4 shards already done" in r.stdout
     assert load_features(str(out)).features.tobytes() == want[1].tobytes()
+
+
+def test_a_folder_that_is_not_features_names_the_file_it_lacks(tmp_path):
+    with pytest.raises(FeaturesError, match=r"\(no index.json and no paths.txt\)"):
+        load_features(str(tmp_path))
+    (tmp_path / "index.json").write_text("[]")
+    with pytest.raises(FeaturesError, match=r"\(no paths.txt\)$"):
+        load_features(str(tmp_path))

@@ -251,3 +251,20 @@ def test_cli_episodic_recipe_end_to_end(tmp_path, tiny_model, capsys):
     # clip_finetune is not an episodic method
     assert cli.main(argv[:4] + ["--methods", "clip_finetune", "--output", str(out)]) == 2
     assert "episodic training supports" in capsys.readouterr().err
+
+
+def test_an_unreadable_image_of_any_split_is_named_and_skipped(capsys):
+    from jclip.fewshot.datasets import Split
+    from jclip.fewshot.episodic import readable_splits
+    x = np.eye(4, dtype=np.float32)
+    tr = Split("train", ["a", "b"], ["t0.jpg", "t1.jpg", "t2.jpg", "t3.jpg"], np.array([0, 0, 1, 1]))
+    te = Split("test", ["c", "d"], ["q0.jpg", "q1.jpg", "q2.jpg", "q3.jpg"], np.array([0, 0, 1, 1]))
+    val_x = x.copy()
+    val_x[2] = 0                                       # the encoder's mark of an undecodable image
+    val = (["v0.jpg", "v1.jpg", "v2.jpg", "v3.jpg"], np.array([0, 0, 1, 1]), val_x)
+    *_, (vx, vy) = readable_splits(tr, x, te, x, val, {"v2.jpg": "cannot identify image file"})
+    err = capsys.readouterr().err
+    assert "warning: v2.jpg: unreadable image (cannot identify image file); skipped" in err
+    assert "val classes: 1 unreadable image(s) skipped" in err
+    np.testing.assert_array_equal(vx, x[[0, 1, 3]])
+    np.testing.assert_array_equal(vy, [0, 0, 1])

@@ -18,7 +18,6 @@ episode takes its columns (a CoCoOp logit depends only on its own image and
 class, so this equals scoring the episode alone).
 """
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -80,19 +79,17 @@ def evaluate(features: np.ndarray, labels: np.ndarray, text_logits: Mapping[str,
 
 
 def readable_splits(tr: Split, train_x, te: Split, test_x, val, errors=None):
-    """The splits (and the val features) without their unreadable images
-    (reported, counted); DatasetError when a class is left without one."""
+    """The splits and the val features (``val``: None or (paths, labels,
+    features); returned as (features, labels)) without their unreadable images
+    (each named, then counted); DatasetError when a class is left without one."""
     out = []
     for what, split, x in (("train classes", tr, train_x), ("test classes", te, test_x)):
         paths, labels, x = keep_readable(f"{what} ({split.source})", split.paths, split.labels, x, errors)
         check_every_class(f"{what} ({split.source})", labels, split.class_names)
         out += [Split(split.source, split.class_names, paths, labels), x]
-    if val is not None:
-        x, labels = val
-        ok = np.any(np.asarray(x) != 0, axis=1)
-        if not ok.all():
-            print(f"val classes: {int((~ok).sum())} unreadable image(s) skipped", file=sys.stderr)
-        val = (x[ok], labels[ok])
+    if val is not None:              # (paths, features, labels): each unreadable one named
+        paths, labels, x = keep_readable("val classes", *val, errors)
+        val = (x, labels)
     return (*out, val)
 
 
@@ -122,7 +119,8 @@ def run_episodic(splits: ClassSplits, backbone, methods: Sequence[str], seeds: S
     val = None
     if va is not None:
         keep = sample_per_class(va.labels, val_per_class, seed=0)
-        val = (backbone.images([va.paths[i] for i in keep]), va.labels[keep])
+        val_paths = [va.paths[i] for i in keep]
+        val = (val_paths, va.labels[keep], backbone.images(val_paths))
     text_weights = backbone.text_weights(te.class_names, templates)
     distributed.leave()         # under mpirun: the other ranks end here, rank 0 trains
     tr, train_x, te, test_x, val = readable_splits(tr, train_x, te, test_x, val, getattr(backbone, "errors", None))

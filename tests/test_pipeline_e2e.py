@@ -274,6 +274,11 @@ def test_train_and_test_sh_with_gda_for_the_seen_stage(pipeline, tmp_path):
             "--set", f"out_dir={out}", "--result", str(tmp_path / "lpp.txt"), cwd=REPO, ok=False)
     assert r.returncode == 1 and "`stages.seen` differs" in r.stderr and "run train.sh" in r.stderr
     assert not (tmp_path / "lpp.txt").exists()
+    # val.sh's report measures the trained seen head: refused too, before any image is encoded
+    r = run("bash", "val.sh", "report", "--config", str(pipeline["config"]), "--set", f"out_dir={out}",
+            "--out", str(tmp_path / "report"), cwd=REPO, ok=False)
+    assert r.returncode == 1 and "`stages.seen` differs" in r.stderr, (r.stdout, r.stderr)
+    assert "encode" not in r.stdout and not (tmp_path / "report").exists()
 
 
 def test_two_ranks_write_the_same_result(pipeline, mpirun, tmp_path):

@@ -132,10 +132,11 @@ def seen_output(cfg, key: str) -> str:
     return f"{cfg.stages.seen.head}_{key}"
 
 
-def load_seen(cfg, manifest, key: str):
-    """The seen stage's head train.sh wrote for backbone ``key``."""
+def check_seen(cfg, manifest, key: str) -> str:
+    """The manifest ``outputs`` name of the seen head of backbone ``key``, or
+    ContestFormatError when train.sh trained another seen head (a check that
+    reads no head file: commands make it before any model is loaded)."""
     from ..data.contest import ContestFormatError
-    from ..heads import load_head
     name = seen_output(cfg, key)
     trained = manifest.get("seen_head", StageHead("lpp").to_json())     # manifests before stages: LP++
     if trained != StageHead.of(cfg.stages.seen).to_json():
@@ -145,6 +146,13 @@ def load_seen(cfg, manifest, key: str):
     if name not in manifest.get("outputs", {}):
         raise ContestFormatError(f"{cfg.path}: stages.seen is {cfg.stages.seen.head}, but train.sh wrote no "
                                  f"{name} head; run train.sh with this configuration first")
+    return name
+
+
+def load_seen(cfg, manifest, key: str):
+    """The seen stage's head train.sh wrote for backbone ``key`` (``check_seen`` first)."""
+    from ..heads import load_head
+    name = check_seen(cfg, manifest, key)
     if cfg.stages.seen.head == "lpp":
         return load_lpp(manifest, key)
     return load_head(manifest["outputs"][name]["path"])

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 from ..io import atomic_write_text
 from ..pipeline.backbones import step
+from ..pipeline.heads import check_seen
 from .data import encode, read_lists
 from .plots import report_plots
 from .metrics import (accuracy, answered, argmax_accuracy, config_warnings, measure, per_class_rows,
@@ -67,11 +68,16 @@ def mix_curve(run, p, which, weights):
 # --------------------------------------------------------------------------
 
 def prepare(cfg, holdout: Optional[int], seed: int, per_class_limit: Optional[int], templates=(),
-            features: Optional[Dict[str, str]] = None):
+            features: Optional[Dict[str, str]] = None, trained_seen: bool = False):
     """(ValData, Holdout, Simulated): lists read and checked, held-out classes drawn
     (both before any model is loaded), features encoded, the dog head's answers
-    for the dog images computed once."""
+    for the dog images computed once.  ``trained_seen``: the configuration's
+    seen head must be the one train.sh trained (the report measures it; the
+    sweep fits its own candidates), checked before any model is loaded too."""
     lists = read_lists(cfg, per_class_limit)
+    if trained_seen:
+        for key in cfg.cascade.lpp_mix:
+            check_seen(cfg, lists.manifest, key)
     h = choose_holdout(lists, holdout, seed)
     d = encode(lists, templates, note=f"; {len(h.classes)} classes held out as unseen (seed {h.seed})",
                features=features)
@@ -84,7 +90,7 @@ def report(cfg, out: str, holdout: Optional[int] = None, seed: int = 1,
            per_class_limit: Optional[int] = None, features: Optional[Dict[str, str]] = None) -> dict:
     """Measure both setups and write the report into ``out``; returns the summary."""
     t0 = time.time()
-    d, h, sim = prepare(cfg, holdout, seed, per_class_limit, features=features)
+    d, h, sim = prepare(cfg, holdout, seed, per_class_limit, features=features, trained_seen=True)
     p = params_of(cfg)
     casc = cfg.cascade
     x, y = d.eval.x, d.eval.y

@@ -191,11 +191,12 @@ KINDS = [
     FileKind("feature cache, prompts", make_prompt_store, f"{HERE}:read_prompt_store", NpzHeader("meta"),
              tolerate=["header:version:*"]),
     FileKind("manifest", make_manifest, f"{HERE}:read_manifest", JsonFile(),
-             # facts for people (accuracy, epoch) and provenance may be absent
+             # facts for people (accuracy, epoch) and provenance may be absent; a manifest
+             # without the marker is the older form (paths as train.sh was given them)
              tolerate=optional_config("config.") + [
                  "header:outputs.*.val_accuracy:*", "header:outputs.*.best_epoch:removed",
                  "header:outputs.*.best_epoch:null", "header:split*", "header:times_s*",
-                 "header:total_s:removed"]),
+                 "header:total_s:removed", "header:outputs_relative_to_manifest:removed"]),
     FileKind("tuned configuration", make_tuned, f"{HERE}:read_tuned", JsonFile(),
              # _tuned is provenance: typed when present, any part may be left out
              tolerate=optional_config("") + ["header:_tuned:removed", "header:_tuned.*:removed"]),

@@ -87,7 +87,7 @@ def readable_splits(tr: Split, train_x, te: Split, test_x, val, errors=None):
         paths, labels, x = keep_readable(f"{what} ({split.source})", split.paths, split.labels, x, errors)
         check_every_class(f"{what} ({split.source})", labels, split.class_names)
         out += [Split(split.source, split.class_names, paths, labels), x]
-    if val is not None:              # (paths, features, labels): each unreadable one named
+    if val is not None:              # (paths, labels, features): each unreadable one named
         paths, labels, x = keep_readable("val classes", *val, errors)
         val = (x, labels)
     return (*out, val)
